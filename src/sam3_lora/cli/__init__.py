@@ -1,0 +1,59 @@
+"""The ``sam3-lora`` command line: parses arguments and calls library functions."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from sam3_lora.errors import Sam3LoraError
+
+# Each module exposes ``register(subparsers)``; a subcommand sets ``func`` to a callable
+# taking the parsed namespace and returning an exit code.
+_COMMAND_MODULES = ("data", "lora_info", "train", "evaluate", "predict", "merge")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
+    parser = argparse.ArgumentParser(
+        prog="sam3-lora",
+        description="Fine-tune SAM3 with LoRA: prepare data, train, evaluate, predict, merge.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in _COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"sam3_lora.cli.{name}")
+        except ModuleNotFoundError as error:
+            if error.name == f"sam3_lora.cli.{name}":
+                continue
+            raise
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``sam3-lora`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except Sam3LoraError as error:
+        print(f"\033[31merror:\033[0m {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

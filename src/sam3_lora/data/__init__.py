@@ -1,0 +1,1 @@
+"""Data: read, convert, validate and synthesize datasets; everything becomes COCO first."""
