@@ -1,0 +1,334 @@
+"""LoRA through PEFT: component flags -> ``LoraConfig``; parameter report; save / load / merge.
+
+Adapters are saved in PEFT's format (``adapter_config.json`` + ``adapter_model.safetensors``)
+and load with plain ``peft.PeftModel.from_pretrained``; merged models with
+``Sam3Model.from_pretrained``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from peft.utils import get_peft_model_state_dict
+from rich.table import Table
+from safetensors import safe_open
+
+from sam3_lora.config import COMPONENTS, LoraSettings
+from sam3_lora.errors import AdapterError, ConfigError
+
+logger = logging.getLogger(__name__)
+
+#: The SAM3-LoRA name for the LoRA settings.
+LoRAConfig = LoraSettings
+
+#: Names from the SAM3-LoRA docs -> the names of transformers' SAM3 modules.
+TARGET_ALIASES = {
+    "out_proj": ("o_proj", "out_proj"),
+    "o_proj": ("o_proj", "out_proj"),
+    "linear1": ("fc1",),
+    "linear2": ("fc2",),
+}
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+@dataclass(frozen=True)
+class LoraTargets:
+    """The modules a LoRA selection adapts."""
+
+    module_names: tuple[str, ...]
+    regex: str
+
+    def by_component(self) -> dict[str, list[str]]:
+        grouped: dict[str, list[str]] = {name: [] for name in COMPONENTS}
+        for name in self.module_names:
+            grouped[name.split(".", 1)[0]].append(name)
+        return grouped
+
+
+def _linear_modules(model: torch.nn.Module, components: list[str]) -> dict[str, torch.nn.Linear]:
+    return {
+        name: module
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and name.split(".", 1)[0] in components
+    }
+
+
+def resolve_targets(model: torch.nn.Module, settings: LoraSettings) -> LoraTargets:
+    """Map component flags and target names onto the model's ``nn.Linear`` modules.
+
+    Raises:
+        ConfigError: no component selected, or a target name matches no layer.
+    """
+    components = settings.components()
+    if not components:
+        flags = ", ".join(f"lora.apply_to_{name}" for name in COMPONENTS)
+        raise ConfigError(f"no LoRA component selected: set at least one of {flags} to true")
+    linears = _linear_modules(model, components)
+    if "all" in settings.target_modules:
+        names = tuple(sorted(linears))
+        regex = "^(" + "|".join(re.escape(name) for name in names) + ")$"
+        return LoraTargets(names, regex)
+
+    leaf_names: list[str] = []
+    available = sorted({name.rsplit(".", 1)[-1] for name in linears})
+    for target in settings.target_modules:
+        expanded = TARGET_ALIASES.get(target, (target,))
+        if not any(name.rsplit(".", 1)[-1] in expanded for name in linears):
+            raise ConfigError(
+                f"lora.target_modules: `{target}` matches no linear layer in "
+                f"{', '.join(components)}; layers there are named: {', '.join(available)} "
+                "(or use `all`)"
+            )
+        leaf_names.extend(name for name in expanded if name not in leaf_names)
+    names = tuple(sorted(n for n in linears if n.rsplit(".", 1)[-1] in leaf_names))
+    regex = rf"^({'|'.join(components)})\..*\.({'|'.join(leaf_names)})$"
+    return LoraTargets(names, regex)
+
+
+def build_peft_config(model: torch.nn.Module, settings: LoraSettings) -> LoraConfig:
+    """A PEFT ``LoraConfig`` for ``settings`` on ``model``."""
+    targets = resolve_targets(model, settings)
+    return LoraConfig(
+        r=settings.rank,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=targets.regex,
+        use_dora=settings.use_dora,
+        use_rslora=settings.use_rslora,
+        modules_to_save=settings.modules_to_save,
+        bias=settings.bias,
+    )
+
+
+def apply_lora_to_model(model: torch.nn.Module, settings: LoraSettings | None = None) -> PeftModel:
+    """Freeze ``model`` and inject LoRA adapters; only adapter weights (and
+    ``modules_to_save``) stay trainable."""
+    settings = settings or LoraSettings()
+    if settings.modules_to_save:
+        known = {name for name, _ in model.named_modules()}
+        for name in settings.modules_to_save:
+            if not any(k == name or k.endswith("." + name) for k in known):
+                raise ConfigError(f"lora.modules_to_save: `{name}` is not a module of the model")
+    peft_config = build_peft_config(model, settings)
+    return get_peft_model(model, peft_config)
+
+
+@dataclass(frozen=True)
+class ComponentReport:
+    """One row of the parameter table."""
+
+    component: str
+    adapted_modules: int
+    trainable_parameters: int
+    component_parameters: int
+
+
+@dataclass(frozen=True)
+class ParameterReport:
+    rows: list[ComponentReport]
+    trainable: int
+    total: int
+    bytes_per_parameter: int
+
+    @property
+    def percent(self) -> float:
+        return 100.0 * self.trainable / max(self.total, 1)
+
+    @property
+    def adapter_bytes(self) -> int:
+        return self.trainable * self.bytes_per_parameter
+
+
+def parameter_report(model: torch.nn.Module) -> ParameterReport:
+    """Trainable parameters per SAM3 component of a LoRA-injected model."""
+    adapted: dict[str, set[str]] = {}
+    trainable: dict[str, int] = {}
+    component_total: dict[str, int] = {}
+    total = trainable_total = 0
+    dtype_bytes = 4
+    for name, parameter in model.named_parameters():
+        component = _component_of(name)
+        count = parameter.numel()
+        if "lora_" not in name:
+            total += count
+            component_total[component] = component_total.get(component, 0) + count
+        if parameter.requires_grad:
+            trainable_total += count
+            dtype_bytes = parameter.element_size()
+            trainable[component] = trainable.get(component, 0) + count
+            if ".lora_" in name:
+                adapted.setdefault(component, set()).add(name.split(".lora_", 1)[0])
+    rows = [
+        ComponentReport(
+            component=component,
+            adapted_modules=len(adapted.get(component, ())),
+            trainable_parameters=trainable.get(component, 0),
+            component_parameters=component_total.get(component, 0),
+        )
+        for component in sorted(component_total, key=_component_order)
+    ]
+    return ParameterReport(rows, trainable_total, total, dtype_bytes)
+
+
+def parameter_table(report: ParameterReport, title: str = "LoRA parameters") -> Table:
+    """The parameter report as a rich table (component, modules, parameters, %, size)."""
+    table = Table(title=title, caption=f"base model: {report.total:,} parameters")
+    for header in ("component", "adapted modules", "trainable params", "% of total", "on disk"):
+        table.add_column(header, justify="left" if header == "component" else "right")
+    for row in report.rows:
+        table.add_row(
+            row.component,
+            str(row.adapted_modules),
+            f"{row.trainable_parameters:,}",
+            f"{100.0 * row.trainable_parameters / max(report.total, 1):.3f}",
+            format_bytes(row.trainable_parameters * report.bytes_per_parameter),
+        )
+    table.add_section()
+    table.add_row(
+        "total",
+        str(sum(row.adapted_modules for row in report.rows)),
+        f"{report.trainable:,}",
+        f"{report.percent:.3f}",
+        format_bytes(report.adapter_bytes),
+        style="bold",
+    )
+    return table
+
+
+def format_bytes(size: float) -> str:
+    """``1536`` -> ``1.5 KB``."""
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(size) < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GB"
+
+
+def count_parameters(model: torch.nn.Module) -> dict[str, float]:
+    """``{"total", "trainable", "percent"}`` as SAM3-LoRA users know it."""
+    report = parameter_report(model)
+    return {"total": report.total, "trainable": report.trainable, "percent": report.percent}
+
+
+def _component_of(parameter_name: str) -> str:
+    parts = parameter_name.split(".")
+    if parts[:2] == ["base_model", "model"]:
+        parts = parts[2:]
+    return parts[0]
+
+
+def _component_order(component: str) -> tuple[int, str]:
+    return (COMPONENTS.index(component) if component in COMPONENTS else len(COMPONENTS), component)
+
+
+def save_lora_weights(model: PeftModel, output_dir: str | Path) -> Path:
+    """Save the adapter in PEFT format (config + safetensors)."""
+    if not isinstance(model, PeftModel):
+        raise AdapterError("save_lora_weights expects a model returned by apply_lora_to_model")
+    output_dir = Path(output_dir)
+    model.save_pretrained(output_dir, safe_serialization=True)
+    return output_dir
+
+
+def load_lora_weights(
+    base_model: torch.nn.Module, adapter_dir: str | Path, is_trainable: bool = False
+) -> PeftModel:
+    """Load a PEFT adapter onto ``base_model``, strictly.
+
+    Checks before and after loading that every adapter tensor has a module of the right shape in
+    the base model and that no adapter key is missing or unexpected.
+
+    Raises:
+        AdapterError: naming the missing file, mismatching modules or keys.
+    """
+    adapter_dir = Path(adapter_dir)
+    weights_file = adapter_dir / ADAPTER_WEIGHTS
+    config_file = adapter_dir / ADAPTER_CONFIG
+    for required in (config_file, weights_file):
+        if not required.is_file():
+            raise AdapterError(
+                f"{required} not found: an adapter folder holds {ADAPTER_CONFIG} and "
+                f"{ADAPTER_WEIGHTS} (written by `sam3-lora train` in output_dir/final or best)"
+            )
+    try:
+        json.loads(config_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise AdapterError(f"{config_file}: not valid JSON ({error})") from None
+    file_shapes = _adapter_file_shapes(weights_file)
+    _check_adapter_fits(base_model, file_shapes, weights_file)
+    try:
+        model = PeftModel.from_pretrained(base_model, adapter_dir, is_trainable=is_trainable)
+    except (ValueError, RuntimeError, KeyError) as error:
+        raise AdapterError(
+            f"{adapter_dir}: the adapter does not fit this base model: {error}"
+        ) from None
+    expected = {key: tuple(t.shape) for key, t in get_peft_model_state_dict(model).items()}
+    missing = sorted(set(expected) - set(file_shapes))
+    unexpected = sorted(set(file_shapes) - set(expected))
+    if missing or unexpected:
+        raise AdapterError(
+            f"{weights_file}: keys do not match the adapter config: "
+            f"missing {_preview(missing)}, unexpected {_preview(unexpected)}"
+        )
+    return model
+
+
+def _adapter_file_shapes(weights_file: Path) -> dict[str, tuple[int, ...]]:
+    try:
+        with safe_open(str(weights_file), framework="pt") as handle:
+            return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}  # noqa: SIM118
+    except Exception as error:  # safetensors raises its own error types
+        raise AdapterError(f"{weights_file}: not a readable safetensors file ({error})") from None
+
+
+_LORA_KEY = re.compile(
+    r"^base_model\.model\.(?P<module>.+)\.lora_(?P<kind>A|B)(?:\.[^.]+)?\.weight$"
+)
+
+
+def _check_adapter_fits(
+    base_model: torch.nn.Module, file_shapes: dict[str, tuple[int, ...]], weights_file: Path
+) -> None:
+    modules = dict(base_model.named_modules())
+    problems: list[str] = []
+    for key, shape in file_shapes.items():
+        match = _LORA_KEY.match(key)
+        if not match:
+            continue
+        module = modules.get(match["module"])
+        if module is None:
+            problems.append(f"{match['module']} (no such module in the base model)")
+            continue
+        in_features = getattr(module, "in_features", None)
+        out_features = getattr(module, "out_features", None)
+        if match["kind"] == "A" and shape[1] != in_features:
+            problems.append(f"{match['module']} (adapter input {shape[1]}, model {in_features})")
+        if match["kind"] == "B" and shape[0] != out_features:
+            problems.append(f"{match['module']} (adapter output {shape[0]}, model {out_features})")
+    if problems:
+        raise AdapterError(
+            f"{weights_file} was trained for another base model: {len(problems)} module(s) do not "
+            f"match, e.g. {_preview(problems)}. Load it onto the base model it was trained on "
+            "(see base_model_name_or_path in adapter_config.json)."
+        )
+
+
+def _preview(items: list[str], limit: int = 4) -> str:
+    if not items:
+        return "none"
+    shown = ", ".join(items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def merge_lora_weights(model: PeftModel) -> torch.nn.Module:
+    """Fold the adapter into the base weights and return the plain base model."""
+    if not isinstance(model, PeftModel):
+        raise AdapterError("merge_lora_weights expects a PEFT model with a LoRA adapter")
+    return model.merge_and_unload()
