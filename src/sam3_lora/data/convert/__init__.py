@@ -1,0 +1,1 @@
+"""Converters: one module per foreign annotation format, each writing COCO via ``CocoWriter``."""

@@ -1,0 +1,452 @@
+"""Dataset checks: every problem found in a COCO split, a report, and a cleaned copy (``--fix``).
+
+The checker reads the raw JSON so that it can list all problems instead of stopping at the first,
+as :class:`~sam3_lora.data.coco.CocoDataset` does. The input is never modified; the fix writes
+a new dataset folder whose splits load with ``CocoDataset``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from sam3_lora.data.coco import (
+    check_segmentation,
+    find_annotation_file,
+    polygon_problem,
+    segmentation_box_xyxy,
+)
+from sam3_lora.data.images import load_image_rgb, read_image_size, resolve_in_dataset
+from sam3_lora.data.jsonio import read_json, write_json
+from sam3_lora.data.layout import SPLIT_NAMES
+from sam3_lora.errors import DatasetError
+
+logger = logging.getLogger(__name__)
+
+SPLITS = SPLIT_NAMES
+BOX_TOLERANCE_PX = 1.0  # how far a box may leave the image or differ from its mask for free
+
+
+@dataclass
+class Issue:
+    """One finding; ``record`` names the image / annotation / category it is about."""
+
+    severity: str  # "error" or "warning"
+    code: str
+    record: str
+    message: str
+
+
+@dataclass
+class SplitReport:
+    """The findings for one annotation file (and, with ``fix``, its cleaned version)."""
+
+    annotation_file: Path
+    images: int = 0
+    annotations: int = 0
+    categories: int = 0
+    issues: list[Issue] = field(default_factory=list)
+    fixed: dict[str, Any] | None = None
+
+    @property
+    def errors(self) -> list[Issue]:
+        return [issue for issue in self.issues if issue.severity == "error"]
+
+    @property
+    def warnings(self) -> list[Issue]:
+        return [issue for issue in self.issues if issue.severity == "warning"]
+
+    def add(self, severity: str, code: str, record: str, message: str) -> None:
+        self.issues.append(Issue(severity, code, record, message))
+
+
+def validate_dataset(
+    data_dir: str | Path, split: str | None = None, decode_images: bool = True
+) -> list[SplitReport]:
+    """Validate ``data_dir/<split>`` for one split or every split folder present."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise DatasetError(f"dataset folder {data_dir} does not exist")
+    if split is not None:
+        return [validate_split(find_annotation_file(data_dir / split), decode_images=decode_images)]
+    splits = [data_dir / name for name in SPLITS if _has_json(data_dir / name)]
+    if not splits:
+        try:
+            return [validate_split(find_annotation_file(data_dir), decode_images=decode_images)]
+        except DatasetError:
+            raise DatasetError(
+                f"{data_dir} has no train/, valid/ or test/ folder and no annotation file; "
+                "create one with `sam3-lora data create` or a converter"
+            ) from None
+    return [
+        validate_split(find_annotation_file(folder), decode_images=decode_images)
+        for folder in splits
+    ]
+
+
+def validate_split(
+    annotation_file: str | Path,
+    images_dir: str | Path | None = None,
+    *,
+    decode_images: bool = True,
+    fix: bool = False,
+) -> SplitReport:
+    """Check one COCO file; with ``fix`` also build ``report.fixed``, a cleaned COCO dict."""
+    path = Path(annotation_file)
+    root = Path(images_dir) if images_dir is not None else path.parent
+    report = SplitReport(path)
+    try:
+        data = read_json(path)
+    except DatasetError as error:
+        report.add("error", "unreadable_json", path.name, str(error))
+        return report
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        report.add("error", "not_coco", path.name, "not a COCO object with an 'images' list")
+        return report
+    categories = _check_categories(data.get("categories") or [], report)
+    images = _check_images(data["images"], root, report, decode_images)
+    annotations = _check_annotations(data.get("annotations") or [], images, categories, report)
+    used_categories = Counter(a["category_id"] for a in annotations)
+    for category_id, category in categories.items():
+        if used_categories[category_id] == 0:
+            report.add(
+                "warning",
+                "unused_category",
+                f"category id {category_id}",
+                f"category {category['name']!r} has no instances",
+            )
+    annotated = {a["image_id"] for a in annotations}
+    for image_id, image in images.items():
+        if image_id not in annotated and image.get("_ok", True):
+            report.add(
+                "warning",
+                "no_annotations",
+                _image_record(image),
+                "image has no annotations (kept as a negative example)",
+            )
+    report.images, report.annotations = len(data["images"]), len(data.get("annotations") or [])
+    report.categories = len(categories)
+    if fix:
+        report.fixed = _fixed_copy(data, images, categories, annotations)
+    return report
+
+
+def fix_dataset(
+    data_dir: str | Path, output_dir: str | Path, split: str | None = None
+) -> list[SplitReport]:
+    """Write a cleaned copy of ``data_dir`` (or one split) to ``output_dir``; input untouched."""
+    data_dir, output_dir = Path(data_dir), Path(output_dir)
+    if (
+        output_dir.resolve() == data_dir.resolve()
+        or data_dir.resolve() in output_dir.resolve().parents
+    ):
+        raise DatasetError(f"--fix output {output_dir} must be outside the input {data_dir}")
+    names = [split] if split else [s for s in SPLITS if _has_json(data_dir / s)]
+    reports = []
+    for name in names:
+        source_file = find_annotation_file(data_dir / name)
+        report = validate_split(source_file, fix=True)
+        if report.fixed is None:
+            raise DatasetError(f"{source_file} cannot be repaired: {report.errors[0].message}")
+        target = output_dir / name
+        target.mkdir(parents=True, exist_ok=True)
+        for image in tqdm(report.fixed["images"], desc=f"fix {name}", unit="img", leave=False):
+            source = resolve_in_dataset(source_file.parent, image["file_name"])
+            destination = target / image["file_name"]
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, destination)
+        write_json(target / "_annotations.coco.json", report.fixed)
+        reports.append(report)
+    return reports
+
+
+def _has_json(folder: Path) -> bool:
+    return folder.is_dir() and any(folder.glob("*.json"))
+
+
+def _check_categories(records: Any, report: SplitReport) -> dict[int, dict[str, Any]]:
+    categories: dict[int, dict[str, Any]] = {}
+    names: Counter[str] = Counter()
+    for position, record in enumerate(records if isinstance(records, list) else []):
+        category_id = record.get("id") if isinstance(record, dict) else None
+        where = (
+            f"category #{position}" if not _is_int(category_id) else f"category id {category_id}"
+        )
+        if not _is_int(category_id) or not isinstance(record.get("name"), str):
+            report.add("error", "bad_category", where, "needs an integer 'id' and a 'name'")
+        elif category_id in categories:
+            report.add("error", "duplicate_id", where, "category id appears twice")
+        else:
+            categories[category_id] = record
+            names[record["name"]] += 1
+    for name, count in names.items():
+        if count > 1:
+            report.add(
+                "warning",
+                "duplicate_name",
+                f"category {name!r}",
+                f"the name is used by {count} categories; prompts will be ambiguous",
+            )
+    return categories
+
+
+def _check_images(
+    records: list[Any], root: Path, report: SplitReport, decode_images: bool
+) -> dict[int, dict[str, Any]]:
+    images: dict[int, dict[str, Any]] = {}
+    for position, record in enumerate(tqdm(records, desc="images", unit="img", leave=False)):
+        image_id = record.get("id") if isinstance(record, dict) else None
+        if not _is_int(image_id):
+            report.add("error", "bad_image", f"image #{position}", "needs an integer 'id'")
+            continue
+        if image_id in images:
+            report.add("error", "duplicate_id", f"image id {image_id}", "image id appears twice")
+            continue
+        image = dict(record, _ok=False)
+        images[image_id] = image
+        where = _image_record(image)
+        width, height = record.get("width"), record.get("height")
+        if not (_is_int(width) and _is_int(height) and width > 0 and height > 0):
+            report.add(
+                "error",
+                "bad_size",
+                where,
+                f"width/height {width}x{height} must be positive integers",
+            )
+        try:
+            path = resolve_in_dataset(root, str(record.get("file_name") or ""))
+        except DatasetError as error:
+            report.add("error", "unsafe_path", where, str(error))
+            continue
+        if not path.is_file():
+            report.add("error", "missing_image", where, f"{path} does not exist")
+            continue
+        try:
+            actual = read_image_size(path)
+            if decode_images:
+                load_image_rgb(path, max_side=512)
+        except DatasetError as error:
+            report.add("error", "unreadable_image", where, str(error))
+            continue
+        if _is_int(width) and _is_int(height) and actual != (width, height):
+            report.add(
+                "error",
+                "size_mismatch",
+                where,
+                f"the file is {actual[0]}x{actual[1]}, the JSON says {width}x{height}",
+            )
+            continue
+        image["_ok"] = (_is_int(width) and width > 0) and (_is_int(height) and height > 0)
+    return images
+
+
+def _check_annotations(
+    records: Any,
+    images: dict[int, dict[str, Any]],
+    categories: dict[int, dict[str, Any]],
+    report: SplitReport,
+) -> list[dict[str, Any]]:
+    """Check each annotation; return the repaired ones that a fix keeps."""
+    kept: list[dict[str, Any]] = []
+    seen: set[int] = set()
+    for position, record in enumerate(records if isinstance(records, list) else []):
+        if not isinstance(record, dict):
+            report.add("error", "bad_annotation", f"annotation #{position}", "not an object")
+            continue
+        annotation_id = record.get("id")
+        where = (
+            f"annotation id {annotation_id}"
+            if _is_int(annotation_id)
+            else (f"annotation #{position}")
+        )
+        if _is_int(annotation_id) and annotation_id in seen:
+            report.add("error", "duplicate_id", where, "annotation id appears twice")
+        seen.add(annotation_id)
+        image = images.get(record.get("image_id"))
+        if image is None:
+            report.add(
+                "error",
+                "unknown_image",
+                where,
+                f"image id {record.get('image_id')!r} is not in 'images'",
+            )
+            continue
+        where = f"{where} ({_image_record(image)})"
+        if record.get("category_id") not in categories:
+            report.add(
+                "error",
+                "unknown_category",
+                where,
+                f"category id {record.get('category_id')!r} is not in 'categories'",
+            )
+            continue
+        if not image["_ok"]:
+            continue  # the image's own problem is reported; its annotations go with it
+        repaired = _check_geometry(record, image["width"], image["height"], where, report)
+        if repaired is not None:
+            kept.append(repaired)
+    return kept
+
+
+def _check_geometry(
+    record: dict[str, Any], width: int, height: int, where: str, report: SplitReport
+) -> dict[str, Any] | None:
+    """Polygons, RLE and box of one annotation; returns the repaired record or None to drop it."""
+    fixed = dict(record)
+    segmentation = record.get("segmentation") or None
+    if segmentation is None and record.get("bbox") is None:
+        report.add("error", "no_geometry", where, "has neither 'bbox' nor 'segmentation'")
+        return None
+    if isinstance(segmentation, list):
+        good = []
+        for part, polygon in enumerate(segmentation):
+            problem = polygon_problem(polygon)
+            if problem:
+                report.add("error", "bad_polygon", where, f"polygon {part} {problem}")
+            else:
+                good.append(polygon)
+        segmentation = good or None
+    elif segmentation is not None:
+        try:
+            check_segmentation(segmentation, height, width, where)
+        except DatasetError as error:
+            report.add("error", "bad_rle", where, str(error).split(": ", 1)[-1])
+            segmentation = None
+    fixed["segmentation"] = segmentation or []
+    box = _box_xyxy(record.get("bbox"))
+    if record.get("bbox") is not None and box is None:
+        report.add(
+            "error",
+            "bad_box",
+            where,
+            f"bbox {record.get('bbox')!r} must be 4 finite "
+            "numbers [x, y, width, height] with non-negative width and height",
+        )
+    mask_box = segmentation_box_xyxy(segmentation, height, width) if segmentation else None
+    if mask_box is not None:
+        mask_box = _clip(mask_box, width, height)
+    if box is not None:
+        if box[2] - box[0] <= 0 or box[3] - box[1] <= 0:
+            report.add("error", "zero_area_box", where, f"bbox {record['bbox']} has zero area")
+            box = None
+        elif box[2] <= 0 or box[3] <= 0 or box[0] >= width or box[1] >= height:
+            report.add(
+                "error",
+                "box_outside_image",
+                where,
+                f"bbox {record['bbox']} lies outside the {width}x{height} image",
+            )
+            box = None
+        elif (
+            box[0] < -BOX_TOLERANCE_PX
+            or box[1] < -BOX_TOLERANCE_PX
+            or box[2] > width + BOX_TOLERANCE_PX
+            or box[3] > height + BOX_TOLERANCE_PX
+        ):
+            report.add(
+                "warning",
+                "box_leaves_image",
+                where,
+                f"bbox {record['bbox']} extends past the {width}x{height} image (clipped)",
+            )
+    if box is not None and mask_box is not None:
+        box = _compare_box_and_mask(_clip(box, width, height), mask_box, where, record, report)
+    box = mask_box if box is None else _clip(box, width, height)
+    if box is None or box[2] - box[0] <= 0 or box[3] - box[1] <= 0:
+        return None
+    fixed["bbox"] = [
+        round(float(box[0]), 2),
+        round(float(box[1]), 2),
+        round(float(box[2] - box[0]), 2),
+        round(float(box[3] - box[1]), 2),
+    ]
+    return fixed
+
+
+def _compare_box_and_mask(
+    box: np.ndarray, mask_box: np.ndarray, where: str, record: dict[str, Any], report: SplitReport
+) -> np.ndarray | None:
+    scale = np.array([mask_box[2] - mask_box[0], mask_box[3] - mask_box[1]] * 2)
+    difference = np.abs(box - mask_box)
+    if np.all(difference <= np.maximum(2.0, 0.05 * scale)):
+        return box
+    iou = _iou(box, mask_box)
+    severity = "error" if iou < 0.5 else "warning"
+    report.add(
+        severity,
+        "box_mask_mismatch",
+        where,
+        f"bbox {record['bbox']} disagrees with its mask's extent "
+        f"{[round(float(v), 1) for v in mask_box]} (xyxy, IoU {iou:.2f}); the fix uses "
+        "the mask's box",
+    )
+    return None
+
+
+def _fixed_copy(
+    data: dict[str, Any],
+    images: dict[int, dict[str, Any]],
+    categories: dict[int, dict[str, Any]],
+    annotations: list[dict[str, Any]],
+) -> dict[str, Any]:
+    kept_images = [
+        {k: v for k, v in image.items() if k != "_ok"} for image in images.values() if image["_ok"]
+    ]
+    kept_ids = {image["id"] for image in kept_images}
+    fixed_annotations = []
+    for number, annotation in enumerate(
+        (a for a in annotations if a["image_id"] in kept_ids), start=1
+    ):
+        annotation = dict(annotation, id=number)
+        annotation.setdefault("iscrowd", 0)
+        if not isinstance(annotation.get("area"), int | float) or not math.isfinite(
+            annotation["area"]
+        ):
+            annotation["area"] = annotation["bbox"][2] * annotation["bbox"][3]
+        fixed_annotations.append(annotation)
+    fixed = {k: v for k, v in data.items() if k not in ("images", "annotations", "categories")}
+    fixed.update(
+        images=kept_images, annotations=fixed_annotations, categories=list(categories.values())
+    )
+    return fixed
+
+
+def _box_xyxy(bbox: Any) -> np.ndarray | None:
+    if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
+        return None
+    x, y, w, h = (float(v) for v in bbox)
+    if not all(math.isfinite(v) for v in (x, y, w, h)) or w < 0 or h < 0:
+        return None
+    return np.array([x, y, x + w, y + h])
+
+
+def _clip(box: np.ndarray, width: int, height: int) -> np.ndarray:
+    return np.clip(box, 0, [width, height, width, height])
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    inter_w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    inter_h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = inter_w * inter_h
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
+def _image_record(image: dict[str, Any]) -> str:
+    return f"image id {image.get('id')} {str(image.get('file_name'))!r}"
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
