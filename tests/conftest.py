@@ -29,3 +29,35 @@ def tiny_inputs(tiny_sam3: LoadedModel) -> dict[str, torch.Tensor]:
         images=[image, image], text=["circle", "star"], return_tensors="pt"
     )
     return {k: v for k, v in inputs.items() if k in ("pixel_values", "input_ids", "attention_mask")}
+
+
+@pytest.fixture(scope="session")
+def shapes_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthetic shapes dataset (train 8, valid 4 images) in the Roboflow layout."""
+    from sam3_lora.data.synthetic import generate_shapes_dataset
+
+    root = tmp_path_factory.mktemp("shapes")
+    return generate_shapes_dataset(
+        root / "shapes", num_train=8, num_val=4, seed=0, image_size=128, progress=False
+    )
+
+
+def tiny_training_overrides(shapes_dir: Path, output_dir: Path, **extra: object) -> dict:
+    """Config overrides for a few fast CPU training steps on the tiny random SAM3."""
+    overrides = {
+        "model.name_or_path": "tiny-random",
+        "data.train": str(shapes_dir / "train"),
+        "data.valid": str(shapes_dir / "valid"),
+        "data.num_negative_prompts": 1,
+        "lora.rank": 4,
+        "lora.alpha": 8,
+        "training.batch_size": 2,
+        "training.num_workers": 0,
+        "training.learning_rate": 1e-3,
+        "training.logging_steps": 1,
+        "training.eval_at_start": False,
+        "output.output_dir": str(output_dir),
+        "output.tensorboard": False,
+    }
+    overrides.update(extra)
+    return overrides

@@ -92,8 +92,8 @@ class TrainingSettings(_Section):
     greater_is_better: bool = True
     max_nonfinite_steps: int = Field(5, ge=1, description="non-finite losses in a row before stop")
     num_workers: int = Field(2, ge=0, description="data loader worker processes")
-    cache_vision_features: bool = Field(
-        False, description="reuse vision features across epochs when the vision encoder is frozen"
+    eval_at_start: bool = Field(
+        True, description="validate before the first step: the base model's numbers"
     )
 
 
@@ -101,6 +101,17 @@ class SplitSettings(_Section):
     images_dir: str | None = Field(None, description="folder of the images")
     annotation_file: str | None = Field(None, description="COCO JSON file")
     dir: str | None = Field(None, description="a split folder with _annotations.coco.json")
+
+
+class SyntheticSettings(_Section):
+    """A synthetic shapes dataset generated on first use (quick start, demos)."""
+
+    output_dir: str = "data/shapes"
+    style: Literal["plain", "shifted"] = "plain"
+    num_train: int = Field(200, ge=1)
+    num_val: int = Field(50, ge=1)
+    seed: int = Field(0, ge=0)
+    image_size: int = Field(256, ge=32)
 
 
 class DataSettings(_Section):
@@ -118,8 +129,8 @@ class DataSettings(_Section):
     scale_range: tuple[float, float] = Field((0.48, 0.98), description="random resize range")
     horizontal_flip: bool = False
     augment: bool = Field(True, description="Meta's random resize + pad on the training split")
-    synthetic: dict[str, Any] | None = Field(
-        None, description="generate a synthetic shapes dataset into the train/valid folders"
+    synthetic: SyntheticSettings | None = Field(
+        None, description="generate a synthetic shapes dataset (used when train/valid are unset)"
     )
 
     @field_validator("train", "valid", "test", mode="before")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
-from peft.utils import get_peft_model_state_dict
+from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from rich.table import Table
 from safetensors import safe_open
 
@@ -325,6 +325,36 @@ def _preview(items: list[str], limit: int = 4) -> str:
         return "none"
     shown = ", ".join(items[:limit])
     return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def load_adapter_weights_strict(model: PeftModel, adapter_dir: str | Path) -> None:
+    """Load adapter tensors saved by :func:`save_lora_weights` into an existing PEFT model.
+
+    Every adapter tensor of the model must be in the file and every tensor of the file must be
+    an adapter tensor of the model, with the same shape; otherwise nothing is silently skipped:
+    :class:`AdapterError` names the keys.
+    """
+    weights_file = Path(adapter_dir) / ADAPTER_WEIGHTS
+    if not weights_file.is_file():
+        raise AdapterError(f"{weights_file} not found")
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(weights_file))
+    except Exception as error:  # safetensors raises its own error types
+        raise AdapterError(f"{weights_file}: not a readable safetensors file ({error})") from None
+    expected = {k: tuple(v.shape) for k, v in get_peft_model_state_dict(model).items()}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong_shape = sorted(
+        k for k in set(expected) & set(state) if tuple(state[k].shape) != expected[k]
+    )
+    if missing or unexpected or wrong_shape:
+        raise AdapterError(
+            f"{weights_file} does not match the model's adapter: missing {_preview(missing)}, "
+            f"unexpected {_preview(unexpected)}, wrong shape {_preview(wrong_shape)}"
+        )
+    set_peft_model_state_dict(model, state)
 
 
 def merge_lora_weights(model: PeftModel) -> torch.nn.Module:

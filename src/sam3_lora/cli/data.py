@@ -127,9 +127,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     preview.set_defaults(func=_preview)
 
     synth = commands.add_parser("synth", help="generate the synthetic shapes dataset")
-    synth.add_argument("--output_dir", type=Path, required=True)
-    synth.add_argument("--num_train", type=int, default=64)
-    synth.add_argument("--num_val", type=int, default=16)
+    synth.add_argument("--output", "--output_dir", dest="output_dir", type=Path, required=True)
+    synth.add_argument("--num_train", type=int, default=200)
+    synth.add_argument("--num_val", type=int, default=50)
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--style", choices=("plain", "shifted"), default="plain")
     synth.add_argument("--image_size", type=int, default=256)

@@ -1,1 +1,1 @@
-"""Tasks: SAM3 concept (text/box prompts) and, later, SAM2 promptable segmentation; models + losses."""
+"""Tasks: models + losses. ``concept``: SAM3 text/box prompts; SAM2 prompt task goes beside it."""
