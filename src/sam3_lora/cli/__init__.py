@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import warnings
 from collections.abc import Sequence
 
 from sam3_lora.errors import Sam3LoraError
@@ -42,6 +43,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:
+        for noisy in ("accelerate", "matplotlib", "httpx", "huggingface_hub", "PIL"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -1,0 +1,52 @@
+"""``sam3-lora train``: fine-tune SAM3 with LoRA as a config says (default: the quick start)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from sam3_lora.cli.common import add_config_arguments, config_from_args
+
+DEFAULT_CONFIG = "quickstart"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train a LoRA adapter (default config: the offline quick start)",
+        description="Train a SAM3 LoRA adapter on a COCO dataset. Without --config, runs the "
+        "offline quick start (configs/quickstart.yaml) on the shipped tiny SAM3.",
+    )
+    add_config_arguments(parser)
+    parser.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=None,
+        metavar="CHECKPOINT",
+        help="continue from the latest checkpoint in output_dir, or from CHECKPOINT",
+    )
+    parser.add_argument(
+        "--eval-only",
+        "--eval_only",
+        dest="eval_only",
+        action="store_true",
+        help="evaluate (output_dir/final or --adapter) instead of training",
+    )
+    parser.add_argument("--adapter", help="with --eval-only: the adapter folder to evaluate")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = config_from_args(args, default_config=DEFAULT_CONFIG)
+    if args.eval_only:
+        from sam3_lora.engine.evaluate import evaluate_from_config
+
+        adapter = Path(args.adapter) if args.adapter else Path(config.output.output_dir) / "final"
+        evaluate_from_config(config, adapter, compare_base=True)
+        return 0
+    from sam3_lora.training import SAM3TrainerNative
+
+    resume = args.resume if args.resume in (None, True) else Path(args.resume)
+    SAM3TrainerNative(config).train(resume=resume)
+    return 0
