@@ -178,3 +178,32 @@ def test_unknown_best_metric_is_explained(shapes_dir: Path, tmp_path: Path) -> N
                 "training.metric_for_best": "val/miuo",
             },
         ).train()
+
+
+def test_gradient_accumulation_counts_optimizer_steps(shapes_dir: Path, tmp_path: Path) -> None:
+    output = tmp_path / "run"
+    summary = _trainer(
+        shapes_dir,
+        output,
+        **{
+            "training.num_epochs": 1,
+            "training.gradient_accumulation_steps": 2,
+            "training.batch_size": 2,
+            "training.eval_steps": 100,
+        },
+    ).train()
+    # 8 images / batch 2 = 4 micro-batches = 2 optimizer steps
+    assert summary["steps"] == 2
+    assert summary["epochs"] == 1
+
+
+def test_first_losses_are_pinned(shapes_dir: Path, tmp_path: Path) -> None:
+    """Catches silent changes in the data pipeline, the model wiring or the loss."""
+    output = tmp_path / "run"
+    _trainer(shapes_dir, output, **{"training.max_steps": 2, "training.eval_steps": 100}).train()
+    with open(output / "metrics.csv") as handle:
+        losses = [float(r["train/loss"]) for r in csv.DictReader(handle) if r.get("train/loss")]
+    assert losses == pytest.approx(PINNED_FIRST_LOSSES, rel=1e-3)
+
+
+PINNED_FIRST_LOSSES = [262.3025, 244.8826]

@@ -150,7 +150,7 @@ def comparison_table(
     for header in ("metric", "base", "adapted", "change"):
         table.add_column(header, justify="left" if header == "metric" else "right")
     for key in adapted:
-        if key in base and isinstance(adapted[key], float) and key != "step":
+        if key in base and isinstance(adapted[key], float) and key not in ("step", "val/prompts"):
             change = adapted[key] - base[key]
             table.add_row(key, f"{base[key]:.4f}", f"{adapted[key]:.4f}", f"{change:+.4f}")
     return table

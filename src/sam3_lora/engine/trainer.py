@@ -454,7 +454,7 @@ class Trainer:
         summary = {
             "stop_reason": stop_reason,
             "steps": self.state.global_step,
-            "epochs": self.state.epoch,
+            "epochs": round(self.state.global_step / max(self.steps_per_epoch, 1), 2),
             "best_metric": self.config.training.metric_for_best,
             "best_value": self.state.best_metric,
             "best_step": self.state.best_step,

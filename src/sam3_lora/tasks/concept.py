@@ -228,10 +228,15 @@ class ConceptTask:
         scores = outputs.logits[-1].sigmoid() * outputs.presence_logits[-1].sigmoid()
         keep = scores >= score_threshold  # [B, Q]
         size = batch.pixel_values.shape[-2:]
-        mask_probs = torch.nn.functional.interpolate(
-            outputs.masks.float(), size=size, mode="bilinear", align_corners=False
-        ).sigmoid()
-        predicted = ((mask_probs >= mask_threshold) & keep[:, :, None, None]).any(dim=1)
+        # Upsample only the kept queries' masks: all Q at 1008 px would not fit in memory.
+        predicted = torch.zeros((len(keep), *size), dtype=torch.bool, device=keep.device)
+        for prompt, kept in enumerate(keep):
+            if kept.any():
+                logits = outputs.masks[prompt, kept].float()[None]
+                upsampled = torch.nn.functional.interpolate(
+                    logits, size=size, mode="bilinear", align_corners=False
+                )[0]
+                predicted[prompt] = (upsampled.sigmoid() >= mask_threshold).any(dim=0)
         target = torch.stack(
             [
                 m.any(dim=0) if len(m) else torch.zeros(size, dtype=torch.bool, device=m.device)
