@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from data_factory import coco_dict, shared_data, write_coco
 
 from sam3_lora.data.coco import CocoDataset
 from sam3_lora.data.convert.coco import import_coco
 from sam3_lora.errors import DatasetError
+from tests.data_factory import coco_dict, shared_data, write_coco
 
 
 def _all_instances(dataset: CocoDataset) -> dict[str, list]:

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from data_factory import assert_box_within_a_pixel, assert_mask_within_a_pixel, polygon_mask
 from PIL import Image
 
 from sam3_lora.data.coco import CocoDataset
 from sam3_lora.data.convert.hf import convert_hf
 from sam3_lora.errors import DatasetError
+from tests.data_factory import assert_box_within_a_pixel, assert_mask_within_a_pixel, polygon_mask
 
 datasets = pytest.importorskip("datasets")
 

@@ -8,17 +8,17 @@ import json
 from pathlib import Path
 
 import numpy as np
-from data_factory import (
+from PIL import Image
+
+from sam3_lora.data.coco import CocoDataset
+from sam3_lora.data.convert.labelme import convert_labelme
+from tests.data_factory import (
     assert_box_within_a_pixel,
     assert_mask_within_a_pixel,
     polygon_mask,
     shared_data,
     write_image,
 )
-from PIL import Image
-
-from sam3_lora.data.coco import CocoDataset
-from sam3_lora.data.convert.labelme import convert_labelme
 
 
 def _shape(label, points, shape_type="polygon", group_id=None, **extra):

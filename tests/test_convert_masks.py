@@ -6,12 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from data_factory import assert_box_within_a_pixel, shared_data, write_image
 from PIL import Image
 
 from sam3_lora.data.coco import CocoDataset
 from sam3_lora.data.convert.masks import convert_masks, convert_rle_csv, load_class_names
 from sam3_lora.errors import DatasetError
+from tests.data_factory import assert_box_within_a_pixel, shared_data, write_image
 
 
 def _label_image() -> np.ndarray:

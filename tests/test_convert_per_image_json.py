@@ -6,16 +6,16 @@ import json
 from pathlib import Path
 
 import pytest
-from data_factory import (
+
+from sam3_lora.data.coco import CocoDataset
+from sam3_lora.data.convert.per_image_json import convert_per_image_json
+from sam3_lora.errors import DatasetError
+from tests.data_factory import (
     assert_box_within_a_pixel,
     assert_mask_within_a_pixel,
     polygon_mask,
     write_image,
 )
-
-from sam3_lora.data.coco import CocoDataset
-from sam3_lora.data.convert.per_image_json import convert_per_image_json
-from sam3_lora.errors import DatasetError
 
 
 def _write(root: Path, record: dict) -> None:

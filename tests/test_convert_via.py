@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
-from data_factory import assert_box_within_a_pixel, shared_data, write_image
 
 from sam3_lora.data.coco import CocoDataset
 from sam3_lora.data.convert.via import convert_via
 from sam3_lora.errors import DatasetError
+from tests.data_factory import assert_box_within_a_pixel, shared_data, write_image
 
 
 def test_round_trip_regions(tmp_path: Path) -> None:

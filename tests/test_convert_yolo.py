@@ -5,17 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from data_factory import (
+
+from sam3_lora.data.coco import CocoDataset
+from sam3_lora.data.convert.yolo import convert_yolo, load_class_names
+from sam3_lora.errors import DatasetError
+from tests.data_factory import (
     assert_box_within_a_pixel,
     assert_mask_within_a_pixel,
     polygon_mask,
     shared_data,
     write_image,
 )
-
-from sam3_lora.data.coco import CocoDataset
-from sam3_lora.data.convert.yolo import convert_yolo, load_class_names
-from sam3_lora.errors import DatasetError
 
 WIDTH, HEIGHT = 40, 30
 POLYGON_PX = [4.0, 3.0, 20.0, 3.0, 20.0, 15.0, 4.0, 15.0]

@@ -6,7 +6,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-from data_factory import BAD_DATA, write_image
 
 from sam3_lora.data.coco import CocoDataset
 from sam3_lora.data.convert.labelme import convert_labelme
@@ -16,6 +15,7 @@ from sam3_lora.data.convert.yolo import convert_yolo
 from sam3_lora.data.images import load_image_rgb
 from sam3_lora.data.validate import validate_split
 from sam3_lora.errors import DatasetError
+from tests.data_factory import BAD_DATA, write_image
 
 COCO_CASES = [
     ("truncated.json", r"not valid JSON: .* line \d+, column \d+; the file looks truncated"),

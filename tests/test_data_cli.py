@@ -8,9 +8,9 @@ import types
 from pathlib import Path
 
 import pytest
-from data_factory import BAD_DATA, write_coco
 
 from sam3_lora.cli import main
+from tests.data_factory import BAD_DATA, write_coco
 
 
 def test_create_coco_validate_stats_preview(tmp_path: Path, capsys) -> None:

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from data_factory import coco_dict, shared_data, write_coco
 
 from sam3_lora.data.coco import CocoDataset, find_annotation_file
 from sam3_lora.errors import DatasetError
+from tests.data_factory import coco_dict, shared_data, write_coco
 
 
 def test_reads_polygons_multipart_rle_and_box_only(tmp_path: Path) -> None:

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from data_factory import write_image
 from PIL import Image
 
 from sam3_lora.data.images import load_image_rgb, read_image_size, resolve_in_dataset
 from sam3_lora.errors import DatasetError
+from tests.data_factory import write_image
 
 
 def _exif_rotated_jpeg(path: Path) -> Path:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from data_factory import coco_dict, write_coco
 from PIL import Image
 
 from sam3_lora.data.coco import CocoDataset
@@ -13,6 +12,7 @@ from sam3_lora.data.inspect import dataset_stats, render_preview
 from sam3_lora.data.layout import create_layout
 from sam3_lora.data.split import group_key, split_counts, split_dataset
 from sam3_lora.errors import DatasetError
+from tests.data_factory import coco_dict, write_coco
 
 
 def _many_images(root: Path, count: int = 10) -> Path:

@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from data_factory import coco_dict, shared_data, write_coco, write_image
-
 from sam3_lora.data.coco import CocoDataset
 from sam3_lora.data.validate import fix_dataset, validate_dataset, validate_split
+from tests.data_factory import coco_dict, shared_data, write_coco, write_image
 
 
 def _broken_dataset(root: Path) -> Path:

@@ -1,0 +1,115 @@
+"""``evaluate``: metrics over a split, base vs adapter, reports that open offline.
+
+COCOeval and cgF1 on cases with known answers are covered in tests/test_metrics.py; here the
+pipeline around them runs on the tiny random SAM3 with a random adapter.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from sam3_lora.cli import main
+from sam3_lora.config import load_config
+from sam3_lora.data.coco import CocoDataset
+from sam3_lora.engine.evaluate import choose_negatives, evaluate_from_config, ground_truth_dict
+from tests.adapters import make_tiny_adapter
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_adapter(tmp_path_factory.mktemp("adapter") / "final")
+
+
+def test_evaluate_compares_base_and_adapter(
+    adapter_dir: Path, shapes_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        [
+            "evaluate",
+            "--adapter",
+            str(adapter_dir),
+            "--model",
+            "tiny-random",
+            "--set",
+            f"data.valid={shapes_dir / 'valid'}",
+            "--compare-base",
+            "--negative_prompts",
+            "2",
+            "--threshold",
+            "0.25",
+            "--output_dir",
+            str(tmp_path),
+        ]
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "adapter − base" in printed and "cgF1" in printed
+
+    metrics = json.loads((tmp_path / "metrics.json").read_text())  # strict JSON: no NaN
+    assert metrics["num_images"] == 4 and metrics["negative_prompts_per_image"] == 2
+    assert set(metrics["models"]) == {"base", "adapter"}
+    overall = metrics["models"]["adapter"]["overall"]
+    for key in (
+        "segm/AP",
+        "segm/AP50",
+        "segm/AP75",
+        "segm/AP_small",
+        "segm/AR@100",
+        "bbox/AP",
+        "cgF1",
+        "cgF1@50",
+        "cgF1@75",
+        "positive_micro_F1",
+        "IL_MCC",
+        "mIoU",
+        "Dice",
+        "negative_fire_rate",
+        "absent_fire_rate",
+    ):
+        assert key in overall
+    assert 0.0 <= overall["negative_fire_rate"] <= 1.0
+    assert metrics["models"]["adapter"]["negative_prompts"] == 4 * 2
+    assert metrics["models"]["adapter"]["cgf1_segm"]["num_datapoints"] == 4 * 3
+    assert set(metrics["models"]["adapter"]["per_category"]) == {"circle", "rectangle", "triangle"}
+    assert "difference" in metrics
+
+    page = (tmp_path / "report.html").read_text()
+    assert re.search(r"(src|href)\s*=\s*[\"']?(https?:)?//", page) is None  # nothing to fetch
+    assert "<script" not in page and "@import" not in page and "url(" not in page
+    assert page.count('src="data:image/png;base64,') == 4  # gallery: every image, worst first
+    assert "| segm/AP |" in (tmp_path / "report.md").read_text()
+
+
+def test_evaluate_from_config_base_only(shapes_dir: Path, tmp_path: Path) -> None:
+    config = load_config(
+        None,
+        {
+            "model.name_or_path": "tiny-random",
+            "data.valid": str(shapes_dir / "valid"),
+            "output.output_dir": str(tmp_path / "run"),
+        },
+    )
+    metrics = evaluate_from_config(config, None, negative_prompts=0, max_images=2, gallery_size=1)
+    assert list(metrics["models"]) == ["base"] and "difference" not in metrics
+    assert metrics["num_images"] == 2
+    assert Path(metrics["files"]["report.html"]).parent == tmp_path / "run" / "eval-valid"
+
+
+def test_ground_truth_and_negative_choice(shapes_dir: Path) -> None:
+    coco = CocoDataset.from_split_dir(shapes_dir / "valid")
+    gt = ground_truth_dict(coco)
+    assert len(gt["images"]) == 4 and all(a.get("segmentation") for a in gt["annotations"])
+    vocabulary = ["a", "b", "c", "d", "e"]
+    assert choose_negatives(vocabulary, 2, 0) == ["a", "b"]
+    assert choose_negatives(vocabulary, 2, 1) == ["c", "d"]
+    assert choose_negatives(vocabulary, 9, 0) == vocabulary
+
+
+def test_missing_split_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["evaluate", "--model", "tiny-random", "--split", "test"])
+    assert code == 2
+    assert "data.test is not set" in capsys.readouterr().err
