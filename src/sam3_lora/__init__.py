@@ -1,3 +1,42 @@
-"""sam3-lora: fine-tune SAM3 with LoRA adapters."""
+"""sam3-lora: fine-tune SAM3 with LoRA adapters.
+
+The public API is imported lazily, so ``import sam3_lora`` stays fast::
+
+    from sam3_lora import SAM3LoRAInference, SAM3TrainerNative, load_config
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "SAM3LoRAInference": "sam3_lora.inference",
+    "SAM3TrainerNative": "sam3_lora.training",
+    "LoRAConfig": "sam3_lora.lora",
+    "apply_lora_to_model": "sam3_lora.lora",
+    "count_parameters": "sam3_lora.lora",
+    "save_lora_weights": "sam3_lora.lora",
+    "load_lora_weights": "sam3_lora.lora",
+    "merge_lora_weights": "sam3_lora.lora",
+    "load_config": "sam3_lora.config",
+    "merge_adapter": "sam3_lora.export",
+    "evaluate_from_config": "sam3_lora.engine.evaluate",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'sam3_lora' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

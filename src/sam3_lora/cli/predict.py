@@ -1,0 +1,129 @@
+"""``sam3-lora predict``: overlays, JSON and COCO auto-labels from text and/or box prompts."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from sam3_lora.errors import Sam3LoraError
+
+console = Console(highlight=False)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "predict",
+        help="predict on an image or a folder: overlay PNG + JSON per image, COCO auto-labels",
+        description="Prompt SAM3 (+ adapter) with text, box exemplars, or both. Writes an overlay "
+        "PNG and a JSON (boxes, scores, labels, RLE masks) per image; --save_coco writes all "
+        "predictions as one COCO dataset to correct in CVAT / Label Studio.",
+    )
+    parser.add_argument(
+        "--adapter",
+        "--weights",
+        dest="adapter",
+        help="adapter folder, its adapter_model.safetensors, or a merged model folder",
+    )
+    parser.add_argument("--config", help="training config (base model and thresholds)")
+    parser.add_argument("--model", help="base model: hub id, folder, tiny, tiny-random")
+    parser.add_argument("--image", required=True, type=Path, help="an image file or a folder")
+    parser.add_argument(
+        "--text_prompt",
+        "--prompt",
+        "--text",
+        dest="text_prompt",
+        action="append",
+        help="a concept to find, e.g. 'scratch' (repeatable)",
+    )
+    parser.add_argument("--bboxes", help="exemplar boxes '[[x1,y1,x2,y2], ...]' (pixels)")
+    parser.add_argument("--negative_bboxes", help="boxes of what not to find, same format")
+    parser.add_argument("--threshold", type=float, help="score threshold (default 0.5)")
+    parser.add_argument("--mask_threshold", type=float, help="mask threshold (default 0.5)")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=Path("predictions"),
+        help="out.png for one image, or a folder (default: predictions/)",
+    )
+    parser.add_argument("--save_coco", type=Path, help="also write all predictions as COCO JSON")
+    parser.add_argument(
+        "--coco_segmentation",
+        choices=("rle", "polygon"),
+        default="rle",
+        help="segmentation format of --save_coco (polygon: easiest to edit by hand)",
+    )
+    parser.add_argument("--batch_size", type=int, help="images per forward (default 4)")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    parser.set_defaults(func=run)
+
+
+def _boxes(text: str | None, flag: str) -> list[list[float]] | None:
+    from sam3_lora.inference import PromptError
+
+    if text is None:
+        return None
+    try:
+        boxes = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise PromptError(
+            f"{flag} {text!r} is not JSON ({error.msg}); e.g. '[[10,20,80,90]]'"
+        ) from None
+    if isinstance(boxes, list) and boxes and all(isinstance(v, int | float) for v in boxes):
+        boxes = [boxes]  # one box given without the outer list
+    if not isinstance(boxes, list):
+        raise PromptError(f"{flag} must be a list of [x1, y1, x2, y2] boxes")
+    return boxes
+
+
+def run(args: argparse.Namespace) -> int:
+    from sam3_lora.autolabel import predict_to_files
+    from sam3_lora.inference import SAM3LoRAInference, build_prompts
+
+    prompts = build_prompts(
+        args.text_prompt,
+        _boxes(args.bboxes, "--bboxes"),
+        _boxes(args.negative_bboxes, "--negative_bboxes"),
+    )
+    if args.adapter is None and args.model is None and args.config is None:
+        raise Sam3LoraError("give --adapter / --weights, or a base model with --model or --config")
+    inferencer = SAM3LoRAInference(
+        args.config,
+        weights_path=args.adapter,
+        model=args.model,
+        device=args.device,
+        threshold=args.threshold,
+        mask_threshold=args.mask_threshold,
+        batch_size=args.batch_size,
+    )
+    result = predict_to_files(
+        inferencer,
+        args.image,
+        args.output,
+        prompts,
+        save_coco=args.save_coco,
+        segmentation=args.coco_segmentation,
+    )
+    table = Table(title=f"predictions (threshold {inferencer.threshold})")
+    table.add_column("label")
+    table.add_column("instances", justify="right")
+    for prompt in dict.fromkeys(p.label for p in prompts):
+        table.add_row(prompt, str(result.per_label.get(prompt, 0)))
+    table.add_section()
+    table.add_row(f"{result.images} images", str(result.instances), style="bold")
+    console.print(table)
+    if len(result.outputs) == 1:
+        png, json_file = result.outputs[0]
+        console.print(f"[green]overlay[/green] {png}  [green]json[/green] {json_file}")
+    elif result.outputs:
+        console.print(f"[green]overlays and JSON[/green] written to {args.output}")
+    if result.coco_file is not None:
+        console.print(f"[green]COCO dataset[/green] {result.coco_file}")
+    if result.failures:
+        console.print(f"[red]{len(result.failures)} image(s) could not be read:[/red]")
+        for path, message in result.failures:
+            console.print(f"  {path}: {message}", soft_wrap=True)
+    return 1 if result.failures and not result.images else 0

@@ -1,0 +1,384 @@
+"""Evaluate SAM3 (base, adapted, or both) on a COCO split.
+
+Every category is prompted on every image (absent ones too), as in Meta's evaluation; each image
+also gets ``negative_prompts`` concepts from the hard-negative vocabulary that are not dataset
+categories. Predictions become COCO results (RLE masks, xywh boxes, score = detection x
+presence) and are scored with :mod:`sam3_lora.metrics`:
+
+- COCO AP / AR (pycocotools) for ``segm`` and ``bbox``, over all results with score >= 0.01;
+- SAM3's cgF1 (positive micro F1 x IL_MCC) at IoU 0.50:0.95, 0.5 and 0.75, predictions with
+  score >= the threshold;
+- mask mIoU and Dice per (image, category) pair with ground truth: the union of the predictions
+  above the threshold against the union of the ground truth;
+- prompt following: the share of negative prompts (and of absent categories) on which the model
+  predicts anything above the threshold.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from tqdm.auto import tqdm
+
+from sam3_lora.config import Config
+from sam3_lora.data.coco import CocoDataset, decode_rle
+from sam3_lora.data.prompts import load_negative_vocabulary
+from sam3_lora.errors import ConfigError
+from sam3_lora.inference import ConceptPrompt, PromptPrediction, SAM3LoRAInference
+from sam3_lora.metrics import (
+    COCO_STAT_NAMES,
+    cgf1_metrics,
+    cgf1_per_category,
+    coco_detection_metrics,
+    union_iou_dice,
+)
+
+logger = logging.getLogger(__name__)
+
+MIN_RESULT_SCORE = 0.01  # results kept for COCO AP (thresholded metrics use the threshold)
+MAX_DETECTIONS = 100  # per (image, prompt), COCO's maxDets
+COCO_KEYS = ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large", "AR@100")
+CGF1_KEYS = ("cgF1", "cgF1@50", "cgF1@75", "positive_micro_F1", "IL_MCC")
+
+
+@dataclass
+class ModelRun:
+    """Everything one model produced on the split."""
+
+    name: str
+    source: str
+    results: list[dict[str, Any]] = field(default_factory=list)
+    pairs: list[dict[str, Any]] = field(default_factory=list)  # per (image, category)
+    negative_fires: list[bool] = field(default_factory=list)
+    image_scores: dict[int, float] = field(default_factory=dict)  # image_id -> mean pair IoU
+    seconds: float = 0.0
+
+
+def ground_truth_dict(coco: CocoDataset) -> dict[str, Any]:
+    """The split as a COCO dict for the metrics; box-only objects get their box as polygon."""
+    annotations = []
+    for index in range(len(coco)):
+        for annotation in coco.raw_annotations(index):
+            annotation = dict(annotation)
+            if not annotation.get("segmentation"):
+                x, y, w, h = annotation["bbox"]
+                annotation["segmentation"] = [[x, y, x + w, y, x + w, y + h, x, y + h]]
+            annotations.append(annotation)
+    return {
+        "images": [
+            {"id": i.id, "file_name": i.file_name, "width": i.width, "height": i.height}
+            for i in coco.images
+        ],
+        "categories": [{"id": c.id, "name": c.name} for c in coco.categories],
+        "annotations": annotations,
+    }
+
+
+def choose_negatives(vocabulary: list[str], count: int, index: int) -> list[str]:
+    """A fixed, spread-out choice of ``count`` concepts for image ``index`` (comparable runs)."""
+    count = min(count, len(vocabulary))
+    start = (index * count) % max(len(vocabulary), 1)
+    return [vocabulary[(start + k) % len(vocabulary)] for k in range(count)]
+
+
+def _gt_masks(coco: CocoDataset, index: int) -> dict[int, np.ndarray]:
+    """Non-crowd ground-truth masks per category id, ``[N, H, W]`` bool."""
+    image = coco.images[index]
+    per_category: dict[int, list[np.ndarray]] = {c.id: [] for c in coco.categories}
+    for instance in coco.instances(index):
+        if instance.iscrowd:
+            continue
+        mask = instance.mask
+        if mask is None:
+            x0, y0, x1, y1 = (round(float(v)) for v in instance.box_xyxy)
+            mask = np.zeros((image.height, image.width), dtype=bool)
+            mask[max(y0, 0) : y1, max(x0, 0) : x1] = True
+        per_category[instance.category_id].append(mask)
+    empty = np.zeros((0, image.height, image.width), dtype=bool)
+    return {k: np.stack(v) if v else empty for k, v in per_category.items()}
+
+
+def run_model(
+    predictor: SAM3LoRAInference,
+    coco: CocoDataset,
+    name: str,
+    negatives: list[list[str]],
+    threshold: float,
+    batch_size: int,
+    indices: list[int],
+) -> ModelRun:
+    """Prompt every category (and the negatives) on every image of ``indices``, in batches."""
+    from sam3_lora.autolabel import encode_mask
+
+    run = ModelRun(name=name, source=_describe(predictor, name))
+    started = time.perf_counter()
+    category_prompts = [ConceptPrompt(c.prompt) for c in coco.categories]
+    progress = tqdm(total=len(indices), desc=f"evaluating {name}", unit="img", leave=False)
+    for start in range(0, len(indices), batch_size):
+        chunk = indices[start : start + batch_size]
+        images = [coco.load_image(i) for i in chunk]
+        prompts = [category_prompts + [ConceptPrompt(text) for text in negatives[i]] for i in chunk]
+        found = predictor.predict_prompts(
+            images, prompts, threshold=MIN_RESULT_SCORE, max_detections=MAX_DETECTIONS
+        )
+        for index, per_prompt in zip(chunk, found, strict=True):
+            image_id = coco.images[index].id
+            gt = _gt_masks(coco, index)
+            ious = []
+            for category, prediction in zip(coco.categories, per_prompt, strict=False):
+                for mask, box, score in zip(
+                    prediction.masks, prediction.boxes, prediction.scores, strict=True
+                ):
+                    x1, y1, x2, y2 = (float(v) for v in box)
+                    run.results.append(
+                        {
+                            "image_id": image_id,
+                            "category_id": category.id,
+                            "segmentation": encode_mask(mask),
+                            "bbox": [x1, y1, x2 - x1, y2 - y1],
+                            "score": float(score),
+                        }
+                    )
+                keep = prediction.scores >= threshold
+                iou, dice = union_iou_dice(prediction.masks[keep], gt[category.id])
+                ious.append(iou)
+                run.pairs.append(
+                    {
+                        "image_id": image_id,
+                        "category_id": category.id,
+                        "has_gt": len(gt[category.id]) > 0,
+                        "fires": bool(keep.any()),
+                        "iou": iou,
+                        "dice": dice,
+                    }
+                )
+            for prediction in per_prompt[len(coco.categories) :]:
+                run.negative_fires.append(_fires(prediction, threshold))
+            run.image_scores[image_id] = float(np.mean(ious)) if ious else 1.0
+        progress.update(len(chunk))
+    progress.close()
+    run.seconds = time.perf_counter() - started
+    return run
+
+
+def _fires(prediction: PromptPrediction, threshold: float) -> bool:
+    return bool((prediction.scores >= threshold).any())
+
+
+def _describe(predictor: SAM3LoRAInference, name: str) -> str:
+    loaded = predictor.loaded
+    if name == "base" or loaded.weights is None:
+        return loaded.base_source
+    return f"{loaded.weights} ({loaded.kind} on {loaded.base_source})"
+
+
+def _mean(values: list[float]) -> float:
+    return float(np.mean(values)) if values else float("nan")
+
+
+def compute_metrics(
+    gt: dict[str, Any], run: ModelRun, threshold: float, names: dict[int, str]
+) -> dict[str, Any]:
+    """Overall and per-category metrics of one model run."""
+    overall: dict[str, float] = {}
+    coco_stats = {}
+    for iou_type in ("segm", "bbox"):
+        stats = coco_detection_metrics(gt, run.results, iou_type)
+        coco_stats[iou_type] = stats
+        overall.update({f"{iou_type}/{k}": stats[k] for k in COCO_KEYS})
+    cgf1 = {t: cgf1_metrics(gt, run.results, t, threshold) for t in ("segm", "bbox")}
+    overall.update({k: cgf1["segm"][k] for k in CGF1_KEYS})
+    overall.update({f"bbox/{k}": cgf1["bbox"][k] for k in CGF1_KEYS})
+    positive = [p for p in run.pairs if p["has_gt"]]
+    absent = [p for p in run.pairs if not p["has_gt"]]
+    overall["mIoU"] = _mean([p["iou"] for p in positive])
+    overall["Dice"] = _mean([p["dice"] for p in positive])
+    overall["absent_fire_rate"] = _mean([float(p["fires"]) for p in absent])
+    overall["negative_fire_rate"] = _mean([float(f) for f in run.negative_fires])
+
+    per_category_cgf1 = cgf1_per_category(gt, run.results, "segm", threshold)
+    per_category = {}
+    for category_id, name in names.items():
+        pairs = [p for p in run.pairs if p["category_id"] == category_id]
+        cat_cgf1 = per_category_cgf1.get(category_id, {})
+        per_category[name] = {
+            "segm/AP": coco_stats["segm"]["per_category_AP"].get(category_id, float("nan")),
+            "bbox/AP": coco_stats["bbox"]["per_category_AP"].get(category_id, float("nan")),
+            **{k: cat_cgf1.get(k, float("nan")) for k in CGF1_KEYS},
+            "mIoU": _mean([p["iou"] for p in pairs if p["has_gt"]]),
+            "Dice": _mean([p["dice"] for p in pairs if p["has_gt"]]),
+            "absent_fire_rate": _mean([float(p["fires"]) for p in pairs if not p["has_gt"]]),
+            "images_with_gt": sum(p["has_gt"] for p in pairs),
+        }
+    return {
+        "source": run.source,
+        "overall": overall,
+        "per_category": per_category,
+        "cgf1_segm": cgf1["segm"],
+        "cgf1_bbox": cgf1["bbox"],
+        "coco_segm_stats": {k: coco_stats["segm"][k] for k in COCO_STAT_NAMES},
+        "coco_bbox_stats": {k: coco_stats["bbox"][k] for k in COCO_STAT_NAMES},
+        "negative_prompts": len(run.negative_fires),
+        "seconds": round(run.seconds, 2),
+        "images_per_second": round(len(run.image_scores) / max(run.seconds, 1e-9), 2),
+    }
+
+
+def evaluate_dataset(
+    predictor: SAM3LoRAInference,
+    coco: CocoDataset,
+    *,
+    compare_base: bool = False,
+    negative_prompts: int = 5,
+    vocabulary: list[str] | None = None,
+    threshold: float = 0.5,
+    batch_size: int = 4,
+    max_images: int | None = None,
+    base_predictor: SAM3LoRAInference | None = None,
+) -> tuple[dict[str, Any], dict[str, ModelRun]]:
+    """Run the predictor (and the base model) over ``coco``; returns ``(metrics, runs)``.
+
+    With ``compare_base``, the base is ``base_predictor`` if given, else the predictor with its
+    adapter switched off.
+    """
+    taken = {t.lower() for c in coco.categories for t in (c.name, c.prompt, *c.synonyms)}
+    vocabulary = [w for w in vocabulary or load_negative_vocabulary() if w.lower() not in taken]
+    indices = list(range(len(coco)))[:max_images]
+    negatives = {i: choose_negatives(vocabulary, negative_prompts, i) for i in indices}
+    primary = "adapter" if predictor.loaded.weights is not None else "base"
+    runs: dict[str, ModelRun] = {}
+    if compare_base and primary == "adapter":
+        if base_predictor is not None:
+            runs["base"] = run_model(
+                base_predictor, coco, "base", negatives, threshold, batch_size, indices
+            )
+        elif predictor.has_adapter:
+            with predictor.adapter_disabled():
+                runs["base"] = run_model(
+                    predictor, coco, "base", negatives, threshold, batch_size, indices
+                )
+    runs[primary] = run_model(predictor, coco, primary, negatives, threshold, batch_size, indices)
+    gt = ground_truth_dict(coco)
+    if max_images is not None:
+        kept = {coco.images[i].id for i in indices}
+        gt["images"] = [image for image in gt["images"] if image["id"] in kept]
+        gt["annotations"] = [a for a in gt["annotations"] if a["image_id"] in kept]
+    names = {c.id: c.name for c in coco.categories}
+    metrics: dict[str, Any] = {
+        "dataset": str(coco.annotation_file),
+        "num_images": len(indices),
+        "num_categories": len(coco.categories),
+        "negative_prompts_per_image": min(negative_prompts, len(vocabulary)),
+        "score_threshold": threshold,
+        "mask_threshold": predictor.mask_threshold,
+        "models": {name: compute_metrics(gt, run, threshold, names) for name, run in runs.items()},
+    }
+    if "base" in runs and "adapter" in runs:
+        base, adapted = (
+            metrics["models"]["base"]["overall"],
+            metrics["models"]["adapter"]["overall"],
+        )
+        metrics["difference"] = {k: adapted[k] - base[k] for k in adapted}
+    return metrics, runs
+
+
+def open_eval_split(config: Config, split: str) -> CocoDataset:
+    """The COCO dataset of ``data.<split>`` (the synthetic dataset's when the config has one)."""
+    from sam3_lora.training import open_split
+
+    if split not in ("train", "valid", "test"):
+        raise ConfigError(f"--split {split!r}: choose train, valid or test")
+    settings = getattr(config.data, split)
+    if settings is None and config.data.synthetic is not None and split != "test":
+        from sam3_lora.data.synthetic import ensure_shapes_dataset
+
+        synthetic = config.data.synthetic
+        root = ensure_shapes_dataset(
+            synthetic.output_dir,
+            num_train=synthetic.num_train,
+            num_val=synthetic.num_val,
+            seed=synthetic.seed,
+            style=synthetic.style,
+            image_size=synthetic.image_size,
+        )
+        return CocoDataset.from_split_dir(root / split)
+    coco = open_split(settings, split)
+    if coco is None:
+        raise ConfigError(
+            f"{config.source}: data.{split} is not set; point it at a split folder to evaluate on"
+        )
+    return coco
+
+
+def evaluate_from_config(
+    config: Config,
+    adapter_dir: str | Path | None,
+    split: str = "valid",
+    compare_base: bool = False,
+    output_dir: str | Path | None = None,
+    negative_prompts: int | None = None,
+    max_images: int | None = None,
+    gallery_size: int = 8,
+    console: Console | None = None,
+) -> dict[str, Any]:
+    """Evaluate ``adapter_dir`` (None: the base model) on ``data.<split>`` of ``config``.
+
+    Writes ``metrics.json``, ``report.md`` and ``report.html`` into ``output_dir`` (default
+    ``<output.output_dir>/eval-<split>``), prints the summary tables, and returns the metrics
+    (with ``"output_dir"`` and ``"files"`` added).
+
+    Args:
+        negative_prompts: absent concepts prompted per image (default
+            ``evaluation.num_negative_prompts``); the vocabulary is ``data.negative_prompts``.
+        max_images: evaluate the first N images only (quick checks).
+    """
+    from sam3_lora.engine.report import comparison_tables, render_gallery, write_reports
+
+    console = console or Console()
+    evaluation = config.evaluation
+    coco = open_eval_split(config, split)
+    predictor = SAM3LoRAInference(
+        config,
+        weights_path=adapter_dir,
+        threshold=evaluation.score_threshold,
+        mask_threshold=evaluation.mask_threshold,
+        batch_size=evaluation.batch_size,
+    )
+    base_predictor = None
+    if compare_base and adapter_dir is not None and not predictor.has_adapter:
+        base_predictor = SAM3LoRAInference(config, batch_size=evaluation.batch_size)
+    metrics, runs = evaluate_dataset(
+        predictor,
+        coco,
+        compare_base=compare_base,
+        negative_prompts=(
+            evaluation.num_negative_prompts if negative_prompts is None else negative_prompts
+        ),
+        vocabulary=load_negative_vocabulary(config.data.negative_prompts),
+        threshold=evaluation.score_threshold,
+        batch_size=evaluation.batch_size,
+        max_images=max_images,
+        base_predictor=base_predictor,
+    )
+    metrics["split"] = split
+    output = Path(output_dir) if output_dir else Path(config.output.output_dir) / f"eval-{split}"
+    gallery = render_gallery(coco, runs, evaluation.score_threshold, gallery_size)
+    files = write_reports(metrics, gallery, output)
+    for table in comparison_tables(metrics):
+        console.print(table)
+    console.print(f"[green]reports[/green] written to {output} ({', '.join(sorted(files))})")
+    metrics["output_dir"] = str(output)
+    metrics["files"] = {name: str(path) for name, path in files.items()}
+    return metrics
+
+
+def decode_result(result: dict[str, Any]) -> np.ndarray:
+    """The bool mask of a COCO result written by :func:`run_model`."""
+    segmentation = result["segmentation"]
+    return decode_rle({"size": segmentation["size"], "counts": segmentation["counts"].encode()})

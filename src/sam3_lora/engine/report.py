@@ -1,0 +1,283 @@
+"""Evaluation reports: ``metrics.json``, ``report.md``, a self-contained ``report.html``, and
+the rich tables printed at the end of ``sam3-lora evaluate``.
+
+The HTML page makes no network request: styles are inline and the gallery images are embedded
+as base64 PNG. The gallery shows the worst images first (lowest mean IoU over the category
+prompts, absent categories included), ground truth / base / adapter side by side.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from PIL import Image
+from rich.table import Table
+
+from sam3_lora.data.jsonio import write_json
+from sam3_lora.visualize import draw_predictions, png_data_uri, side_by_side
+
+if TYPE_CHECKING:
+    from sam3_lora.data.coco import CocoDataset
+    from sam3_lora.engine.evaluate import ModelRun
+
+#: Overall metrics shown in the tables, in order, with a short description.
+HEADLINE = {
+    "segm/AP": "mask AP@[.50:.95] (COCOeval)",
+    "segm/AP50": "mask AP@.50",
+    "segm/AP75": "mask AP@.75",
+    "segm/AP_small": "mask AP, small objects",
+    "segm/AP_medium": "mask AP, medium objects",
+    "segm/AP_large": "mask AP, large objects",
+    "segm/AR@100": "mask AR, 100 detections",
+    "bbox/AP": "box AP@[.50:.95]",
+    "bbox/AP50": "box AP@.50",
+    "bbox/AP75": "box AP@.75",
+    "bbox/AR@100": "box AR, 100 detections",
+    "cgF1": "SAM3 cgF1 (masks), IoU .50:.95",
+    "cgF1@50": "cgF1 at IoU .50",
+    "cgF1@75": "cgF1 at IoU .75",
+    "positive_micro_F1": "positive micro F1 (masks)",
+    "IL_MCC": "image-level MCC (is the concept there?)",
+    "bbox/cgF1": "cgF1 (boxes)",
+    "mIoU": "mask IoU of the union, pairs with ground truth",
+    "Dice": "mask Dice of the union, pairs with ground truth",
+    "absent_fire_rate": "absent categories with a prediction (lower is better)",
+    "negative_fire_rate": "negative prompts with a prediction (lower is better)",
+}
+LOWER_IS_BETTER = {"absent_fire_rate", "negative_fire_rate"}
+PER_CATEGORY = ("segm/AP", "bbox/AP", "cgF1", "positive_micro_F1", "mIoU", "Dice")
+CONSOLE_PER_CATEGORY = ("segm/AP", "cgF1", "mIoU")
+
+
+@dataclass
+class GalleryItem:
+    """One gallery row: a side-by-side sheet and what it shows."""
+
+    title: str
+    sheet: Image.Image
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return "n/a" if math.isnan(value) else f"{value:.3f}"
+    return str(value)
+
+
+def _diff(value: float, key: str) -> str:
+    if isinstance(value, float) and math.isnan(value):
+        return "n/a"
+    better = value < 0 if key in LOWER_IS_BETTER else value > 0
+    sign = "+" if value >= 0 else ""
+    return f"{sign}{value:.3f}" + (" ▲" if better and abs(value) > 1e-9 else "")
+
+
+def overall_rows(metrics: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the overall table: metric, each model, and the difference."""
+    models = metrics["models"]
+    header = ["metric", *models]
+    if "difference" in metrics:
+        header.append("adapter − base")
+    rows = []
+    for key in HEADLINE:
+        row = [key, *(_fmt(models[m]["overall"].get(key, float("nan"))) for m in models)]
+        if "difference" in metrics:
+            row.append(_diff(metrics["difference"].get(key, float("nan")), key))
+        rows.append(row)
+    return header, rows
+
+
+def category_rows(
+    metrics: dict[str, Any], keys: tuple[str, ...] = PER_CATEGORY
+) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the per-category table (every model's numbers side by side)."""
+    models = metrics["models"]
+    header = ["category", "images"]
+    for key in keys:
+        header.extend(f"{key} ({m})" if len(models) > 1 else key for m in models)
+    rows = []
+    first = next(iter(models.values()))["per_category"]
+    for name, values in first.items():
+        row = [name, str(values["images_with_gt"])]
+        for key in keys:
+            row.extend(_fmt(models[m]["per_category"][name][key]) for m in models)
+        rows.append(row)
+    return header, rows
+
+
+def comparison_tables(metrics: dict[str, Any]) -> list[Table]:
+    """The overall and per-category tables for the console."""
+    tables = []
+    title = (
+        f"evaluation on {metrics.get('split', '')} ({metrics['num_images']} images, "
+        f"{metrics['num_categories']} categories, threshold {metrics['score_threshold']})"
+    )
+    for (header, rows), table_title in (
+        (overall_rows(metrics), title),
+        (category_rows(metrics, CONSOLE_PER_CATEGORY), "per category (all numbers: report.md)"),
+    ):
+        table = Table(title=table_title)
+        for column in header:
+            table.add_column(
+                column, justify="left" if column in ("metric", "category") else "right"
+            )
+        for row in rows:
+            table.add_row(*row)
+        tables.append(table)
+    return tables
+
+
+def render_gallery(
+    coco: CocoDataset, runs: dict[str, ModelRun], threshold: float, size: int = 8
+) -> list[GalleryItem]:
+    """Worst images first (by the last run's mean pair IoU): ground truth and each model."""
+    from sam3_lora.engine.evaluate import decode_result
+
+    if not runs or size <= 0:
+        return []
+    primary = list(runs.values())[-1]
+    worst = sorted(primary.image_scores, key=primary.image_scores.get)[:size]
+    names = {c.id: c.name for c in coco.categories}
+    items = []
+    for image_id in worst:
+        index = coco.index_of_image(image_id)
+        image = coco.load_image(index)
+        instances = [i for i in coco.instances(index) if not i.iscrowd]
+        panels = [
+            (
+                "ground truth",
+                draw_predictions(
+                    image,
+                    [i.mask for i in instances if i.mask is not None],
+                    [i.box_xyxy for i in instances],
+                    [names[i.category_id] for i in instances],
+                ),
+            )
+        ]
+        for name, run in runs.items():
+            kept = [r for r in run.results if r["image_id"] == image_id and r["score"] >= threshold]
+            kept.sort(key=lambda r: -r["score"])
+            boxes = [[x, y, x + w, y + h] for x, y, w, h in (r["bbox"] for r in kept)]
+            masks = np.stack([decode_result(r) for r in kept]) if kept else []
+            labels = [names[r["category_id"]] for r in kept]
+            scores = [r["score"] for r in kept]
+            title = f"{name}: mean IoU {run.image_scores[image_id]:.2f}"
+            panels.append((title, draw_predictions(image, masks, boxes, labels, scores)))
+        items.append(GalleryItem(coco.images[index].file_name, side_by_side(panels)))
+    return items
+
+
+def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines.extend("| " + " | ".join(row) + " |" for row in rows)
+    return "\n".join(lines)
+
+
+def _html_table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>" for row in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _describe_models(metrics: dict[str, Any]) -> list[str]:
+    return [
+        f"{name}: {block['source']} ({block['seconds']} s, {block['images_per_second']} img/s)"
+        for name, block in metrics["models"].items()
+    ]
+
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 14px; }
+th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+thead { background: #f0f0f0; }
+figure { margin: 1em 0; } figcaption { font-size: 13px; color: #555; }
+img { max-width: 100%; border: 1px solid #ddd; }
+"""
+
+
+def write_reports(
+    metrics: dict[str, Any], gallery: list[GalleryItem], output_dir: str | Path
+) -> dict[str, Path]:
+    """Write ``metrics.json``, ``report.md`` and ``report.html``; returns their paths."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    files = {"metrics.json": output_dir / "metrics.json"}
+    write_json(files["metrics.json"], _json_safe(metrics), indent=2)
+
+    overall, categories = overall_rows(metrics), category_rows(metrics)
+    intro = [
+        f"dataset: {metrics['dataset']} ({metrics.get('split', '')}), {metrics['num_images']} "
+        f"images, {metrics['num_categories']} categories, "
+        f"{metrics['negative_prompts_per_image']} negative prompts per image",
+        f"score threshold {metrics['score_threshold']}, mask threshold {metrics['mask_threshold']}",
+        *_describe_models(metrics),
+    ]
+    markdown = [
+        "# Evaluation report",
+        "",
+        *[f"- {line}" for line in intro],
+        "",
+        "## Overall",
+        "",
+        _markdown_table(*overall),
+        "",
+        "## Per category",
+        "",
+        _markdown_table(*categories),
+        "",
+        "Metric definitions:",
+        "",
+        *[f"- `{key}`: {text}" for key, text in HEADLINE.items()],
+        "",
+    ]
+    files["report.md"] = output_dir / "report.md"
+    files["report.md"].write_text("\n".join(markdown), encoding="utf-8")
+
+    figures = "".join(
+        f'<figure><img alt="{html.escape(item.title)}" src="{png_data_uri(item.sheet)}">'
+        f"<figcaption>{html.escape(item.title)}</figcaption></figure>"
+        for item in gallery
+    )
+    definitions = "".join(
+        f"<li><code>{html.escape(k)}</code>: {html.escape(v)}</li>" for k, v in HEADLINE.items()
+    )
+    page = (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>sam3-lora evaluation</title><style>{_STYLE}</style></head><body>"
+        "<h1>Evaluation report</h1><ul>"
+        + "".join(f"<li>{html.escape(line)}</li>" for line in intro)
+        + "</ul><h2>Overall</h2>"
+        + _html_table(*overall)
+        + "<h2>Per category</h2>"
+        + _html_table(*categories)
+        + "<h2>Worst images first</h2>"
+        + (figures or "<p>no images</p>")
+        + f"<h2>Metrics</h2><ul>{definitions}</ul></body></html>"
+    )
+    files["report.html"] = output_dir / "report.html"
+    files["report.html"].write_text(page, encoding="utf-8")
+    return files
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN -> None, numpy scalars -> Python, int dict keys -> str (strict JSON)."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+__all__ = ["GalleryItem", "comparison_tables", "render_gallery", "write_reports"]

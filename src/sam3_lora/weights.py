@@ -1,0 +1,156 @@
+"""Resolve and load weights for inference: a base model, a LoRA adapter on it, a merged model.
+
+``--weights`` / ``--adapter`` may name an adapter folder (``adapter_config.json`` +
+``adapter_model.safetensors``), the adapter's safetensors file, or a merged model folder
+(``config.json``, no ``adapter_config.json``). An adapter is loaded strictly onto its base model:
+the base recorded in ``base_model_name_or_path`` unless the caller names one, and any module or
+shape that does not fit is named in an :class:`AdapterError`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from sam3_lora.errors import AdapterError
+from sam3_lora.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, load_lora_weights
+from sam3_lora.models import load_sam3
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedPredictor:
+    """A model ready for prediction and where its weights came from."""
+
+    model: torch.nn.Module
+    processor: Any
+    base_source: str
+    weights: Path | None = None
+    kind: str = "base"  # base | adapter | merged
+    notes: list[str] = field(default_factory=list)
+
+
+def resolve_weights(weights: str | Path) -> tuple[str, Path]:
+    """``("adapter", folder)`` or ``("merged", folder)`` for an adapter / model folder or file."""
+    path = Path(weights).expanduser()
+    if not path.exists():
+        raise AdapterError(
+            f"weights {path} do not exist: pass an adapter folder (e.g. outputs/my_model/final), "
+            f"its {ADAPTER_WEIGHTS}, or a merged model folder"
+        )
+    if path.is_file():
+        folder = path.parent
+        if path.name == "config.json" or (
+            path.suffix == ".safetensors"
+            and (folder / "config.json").is_file()
+            and not (folder / ADAPTER_CONFIG).is_file()
+        ):
+            return "merged", folder
+        if path.suffix != ".safetensors":
+            raise AdapterError(f"{path} is not a weights file: expected a .safetensors file")
+        if not (folder / ADAPTER_CONFIG).is_file():
+            raise AdapterError(
+                f"{path}: no {ADAPTER_CONFIG} beside it; an adapter needs both files in one folder"
+            )
+        return "adapter", folder
+    if (path / ADAPTER_CONFIG).is_file():
+        return "adapter", path
+    if (path / "config.json").is_file():
+        return "merged", path
+    if (path / ADAPTER_WEIGHTS).is_file():
+        raise AdapterError(f"{path / ADAPTER_CONFIG} not found: the adapter folder is incomplete")
+    raise AdapterError(
+        f"{path} holds neither an adapter ({ADAPTER_CONFIG} + {ADAPTER_WEIGHTS}) nor a merged "
+        "model (config.json + model.safetensors)"
+    )
+
+
+def read_adapter_config(adapter_dir: Path) -> dict[str, Any]:
+    """``adapter_config.json`` of an adapter folder, checked to be a LoRA adapter."""
+    file = adapter_dir / ADAPTER_CONFIG
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise AdapterError(f"{file}: not a readable JSON file ({error})") from None
+    if not isinstance(data, dict) or data.get("peft_type", "LORA") != "LORA":
+        raise AdapterError(f"{file}: not a LoRA adapter config (peft_type {data.get('peft_type')})")
+    return data
+
+
+def recorded_base_model(adapter_dir: Path) -> str | None:
+    """The base model an adapter was trained on: ``base_model_name_or_path`` of its
+    ``adapter_config.json``, else ``model.name_or_path`` of the training run's ``config.yaml``
+    (``output_dir/config.yaml`` for ``output_dir/final``, ``best`` or ``checkpoints/step-N``)."""
+    recorded = read_adapter_config(adapter_dir).get("base_model_name_or_path")
+    if recorded:
+        return str(recorded)
+    for folder in (adapter_dir, adapter_dir.parent, adapter_dir.parent.parent):
+        run_config = folder / "config.yaml"
+        if run_config.is_file():
+            try:
+                data = yaml.safe_load(run_config.read_text(encoding="utf-8")) or {}
+                return str(data["model"]["name_or_path"])
+            except (yaml.YAMLError, UnicodeDecodeError, KeyError, TypeError):
+                logger.warning("%s: cannot read model.name_or_path", run_config)
+    return None
+
+
+def load_predictor(
+    weights: str | Path | None = None,
+    base_model: str | None = None,
+    device: str | torch.device = "cpu",
+) -> LoadedPredictor:
+    """Load a base model, an adapter on its base model, or a merged model, for inference.
+
+    Args:
+        weights: adapter folder / ``adapter_model.safetensors`` / merged model folder, or None
+            for the base model alone.
+        base_model: the base model (hub id, folder, alias); default: the one the adapter
+            was trained on (:func:`recorded_base_model`); ``facebook/sam3`` without weights.
+
+    Raises:
+        AdapterError: missing files, or an adapter whose modules or shapes do not fit the base
+            model (naming the modules, the recorded base and the loaded one).
+    """
+    if weights is None:
+        loaded = load_sam3(base_model or "facebook/sam3", device=device)
+        return LoadedPredictor(loaded.model, loaded.processor, loaded.source)
+    kind, folder = resolve_weights(weights)
+    if kind == "merged":
+        if base_model:
+            logger.warning("%s is a merged model: base model %s not used", folder, base_model)
+        loaded = load_sam3(str(folder), device=device)
+        return LoadedPredictor(loaded.model, loaded.processor, loaded.source, folder, "merged")
+    recorded = recorded_base_model(folder)
+    source = base_model or recorded
+    if source is None:
+        raise AdapterError(
+            f"adapter {folder} does not record its base model (no base_model_name_or_path in "
+            f"{ADAPTER_CONFIG}, no training config.yaml beside it): pass it with --model"
+        )
+    loaded = load_sam3(source, device=device)
+    notes = []
+    if recorded and recorded != source and Path(recorded).resolve() != Path(source).resolve():
+        notes.append(f"adapter {folder} records base model `{recorded}`; loaded `{source}`")
+        logger.warning(notes[-1])
+    try:
+        with warnings.catch_warnings():
+            # PEFT looks the base name up on the hub to check for a resized vocabulary; SAM3
+            # adapters never touch the embeddings, so its "could not find" warnings are noise.
+            warnings.filterwarnings("ignore", "Unable to fetch remote file", UserWarning)
+            warnings.filterwarnings("ignore", "Could not find a config file", UserWarning)
+            model = load_lora_weights(loaded.model, folder)
+    except AdapterError as error:
+        hint = f" (the adapter records base model `{recorded}`; loaded `{source}`)"
+        raise AdapterError(f"{error}{hint if recorded != source else ''}") from None
+    model.to(device)
+    model.eval()
+    return LoadedPredictor(model, loaded.processor, loaded.source, folder, "adapter", notes)
