@@ -25,9 +25,10 @@ def make_tiny_adapter(folder: Path, seed: int = 1, record_base: bool = True) -> 
             if "lora_B" in name:
                 parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.2)
     save_lora_weights(model, folder)
-    if record_base:  # set after saving: with a base name, PEFT's save looks it up on the hub
-        config_file = Path(folder) / "adapter_config.json"
-        data = json.loads(config_file.read_text())
-        data["base_model_name_or_path"] = "tiny-random"
+    config_file = Path(folder) / "adapter_config.json"
+    data = json.loads(config_file.read_text())
+    assert data["base_model_name_or_path"] == "tiny-random"
+    if not record_base:  # an adapter from a tool that does not record its base model
+        data["base_model_name_or_path"] = None
         config_file.write_text(json.dumps(data, indent=2))
     return Path(folder)

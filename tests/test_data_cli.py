@@ -75,7 +75,7 @@ def test_broken_input_is_one_red_line(tmp_path: Path, capsys) -> None:
 
 
 def test_yolo_and_split_commands(tmp_path: Path, capsys) -> None:
-    from data_factory import write_image
+    from tests.data_factory import write_image
 
     for i in range(4):
         write_image(tmp_path / "yolo" / "images" / f"{i}.png", 16, 16)

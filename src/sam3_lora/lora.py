@@ -233,7 +233,7 @@ def save_lora_weights(model: PeftModel, output_dir: str | Path) -> Path:
     if not isinstance(model, PeftModel):
         raise AdapterError("save_lora_weights expects a model returned by apply_lora_to_model")
     output_dir = Path(output_dir)
-    model.save_pretrained(output_dir, safe_serialization=True)
+    model.save_pretrained(output_dir, safe_serialization=True, save_embedding_layers=False)
     return output_dir
 
 
@@ -269,7 +269,10 @@ def load_lora_weights(
         raise AdapterError(
             f"{adapter_dir}: the adapter does not fit this base model: {error}"
         ) from None
-    expected = {key: tuple(t.shape) for key, t in get_peft_model_state_dict(model).items()}
+    expected = {
+        key: tuple(t.shape)
+        for key, t in get_peft_model_state_dict(model, save_embedding_layers=False).items()
+    }
     missing = sorted(set(expected) - set(file_shapes))
     unexpected = sorted(set(file_shapes) - set(expected))
     if missing or unexpected:
@@ -343,7 +346,10 @@ def load_adapter_weights_strict(model: PeftModel, adapter_dir: str | Path) -> No
         state = load_file(str(weights_file))
     except Exception as error:  # safetensors raises its own error types
         raise AdapterError(f"{weights_file}: not a readable safetensors file ({error})") from None
-    expected = {k: tuple(v.shape) for k, v in get_peft_model_state_dict(model).items()}
+    expected = {
+        k: tuple(v.shape)
+        for k, v in get_peft_model_state_dict(model, save_embedding_layers=False).items()
+    }
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong_shape = sorted(

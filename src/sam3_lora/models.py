@@ -175,7 +175,7 @@ def create_tiny_sam3(seed: int = 0) -> LoadedModel:
     config = tiny_sam3_config(vocab_size=len(processor.tokenizer))
     torch.manual_seed(seed)
     model = Sam3Model(config)
-    model.config.name_or_path = "tiny-random"
+    model.config.name_or_path = model.name_or_path = "tiny-random"
     model.eval()
     return LoadedModel(model=model, processor=processor, source="tiny-random")
 
@@ -207,6 +207,8 @@ def load_sam3(
         loaded = LoadedModel(model=model, processor=processor, source=str(source))
     loaded.model.to(device=device, dtype=dtype)
     loaded.model.eval()
+    # Adapters record this as their base model: keep the name the user gave (`tiny`, a hub id).
+    loaded.model.name_or_path = loaded.model.config.name_or_path = name_or_path
     return loaded
 
 
