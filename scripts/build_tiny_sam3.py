@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import torch
+from transformers import Sam3Model
 
 from sam3_lora.config import validate_config
 from sam3_lora.data.prompts import collate_concept_samples
@@ -42,6 +43,13 @@ def main() -> None:
     parser.add_argument("--eval_steps", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = default")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--augment",
+        action="store_true",
+        help="Meta's random resize + pad (off: plain resize; at 224 px the random down-scaling "
+        "makes 20 px shapes sub-token and the tiny model learns far slower)",
+    )
+    parser.add_argument("--init_from", help="start from this model folder instead of random")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("accelerate", "matplotlib"):
@@ -78,6 +86,7 @@ def main() -> None:
                     "image_size": 256,
                 },
                 "num_negative_prompts": 1,
+                "augment": args.augment,
             },
             "loss": {"aux_layers": False},
             "evaluation": {"batch_size": 8},
@@ -87,6 +96,8 @@ def main() -> None:
     )
     started = time.perf_counter()
     loaded = create_tiny_sam3(seed=args.seed)
+    if args.init_from:
+        loaded.model = Sam3Model.from_pretrained(args.init_from)
     for parameter in loaded.model.parameters():
         parameter.requires_grad_(True)
     task = ConceptTask(
@@ -120,9 +131,17 @@ def main() -> None:
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
         "torch": torch.__version__,
         "args": vars(args),
+        "init_from_build_info": _read_build_info(args.init_from),
     }
     (output / "build_info.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
     print(json.dumps(info, indent=2))
+
+
+def _read_build_info(folder: str | None) -> dict | None:
+    if folder is None:
+        return None
+    state = Path(folder) / "trainer_state.json"
+    return json.loads(state.read_text()) if state.is_file() else {"folder": folder}
 
 
 if __name__ == "__main__":

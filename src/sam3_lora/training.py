@@ -37,21 +37,28 @@ def open_split(split: SplitSettings | None, name: str) -> CocoDataset | None:
     raise ConfigError(f"data.{name}: give `dir` (a split folder) or `annotation_file`")
 
 
+def synthetic_root(config: Config) -> Path | None:
+    """The synthetic dataset the config asks for (generated on first use), or None."""
+    synthetic = config.data.synthetic
+    if synthetic is None:
+        return None
+    from sam3_lora.data.synthetic import ensure_shapes_dataset
+
+    return ensure_shapes_dataset(
+        synthetic.output_dir,
+        num_train=synthetic.num_train,
+        num_val=synthetic.num_val,
+        seed=synthetic.seed,
+        style=synthetic.style,
+        image_size=synthetic.image_size,
+    )
+
+
 def resolve_data_splits(config: Config) -> tuple[CocoDataset, CocoDataset | None]:
     """Train / valid datasets; generates the synthetic dataset first when the config asks."""
     data = config.data
     if data.synthetic is not None and data.train is None:
-        from sam3_lora.data.synthetic import ensure_shapes_dataset
-
-        synthetic = data.synthetic
-        root = ensure_shapes_dataset(
-            synthetic.output_dir,
-            num_train=synthetic.num_train,
-            num_val=synthetic.num_val,
-            seed=synthetic.seed,
-            style=synthetic.style,
-            image_size=synthetic.image_size,
-        )
+        root = synthetic_root(config)
         return CocoDataset.from_split_dir(root / "train"), CocoDataset.from_split_dir(
             root / "valid"
         )

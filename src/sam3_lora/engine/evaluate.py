@@ -38,6 +38,7 @@ from sam3_lora.metrics import (
     coco_detection_metrics,
     union_iou_dice,
 )
+from sam3_lora.training import open_split, synthetic_root
 
 logger = logging.getLogger(__name__)
 
@@ -290,24 +291,11 @@ def evaluate_dataset(
 
 def open_eval_split(config: Config, split: str) -> CocoDataset:
     """The COCO dataset of ``data.<split>`` (the synthetic dataset's when the config has one)."""
-    from sam3_lora.training import open_split
-
     if split not in ("train", "valid", "test"):
         raise ConfigError(f"--split {split!r}: choose train, valid or test")
     settings = getattr(config.data, split)
     if settings is None and config.data.synthetic is not None and split != "test":
-        from sam3_lora.data.synthetic import ensure_shapes_dataset
-
-        synthetic = config.data.synthetic
-        root = ensure_shapes_dataset(
-            synthetic.output_dir,
-            num_train=synthetic.num_train,
-            num_val=synthetic.num_val,
-            seed=synthetic.seed,
-            style=synthetic.style,
-            image_size=synthetic.image_size,
-        )
-        return CocoDataset.from_split_dir(root / split)
+        return CocoDataset.from_split_dir(synthetic_root(config) / split)
     coco = open_split(settings, split)
     if coco is None:
         raise ConfigError(
