@@ -220,7 +220,8 @@ class ConceptTask:
         """Loss terms and per-prompt statistics for validation.
 
         Returns per-prompt tensors: ``iou`` / ``dice`` of the union of predicted masks (queries
-        with score >= ``score_threshold``) against the union of target masks, ``has_target``,
+        with score >= ``score_threshold``) against the union of target masks, ``top1_iou`` (the
+        best instance IoU of the highest-scoring query's mask: threshold-free), ``has_target``,
         ``fires`` (any query above threshold), ``presence_correct``; and the loss terms.
         """
         outputs = self.forward(batch)
@@ -248,7 +249,22 @@ class ConceptTask:
         areas = predicted.flatten(1).sum(1).float() + target.flatten(1).sum(1).float()
         has_target = torch.tensor([len(b) > 0 for b in batch.target_boxes], device=keep.device)
         presence = outputs.presence_logits[-1].squeeze(-1) > 0
+        # Threshold-free: does the highest-scoring query segment one of the prompt's instances?
+        top1_iou = torch.zeros(len(keep), device=keep.device)
+        for prompt, instances in enumerate(batch.target_masks):
+            if len(instances):
+                best = outputs.masks[prompt, scores[prompt].argmax()].float()[None, None]
+                mask = (
+                    torch.nn.functional.interpolate(
+                        best, size=size, mode="bilinear", align_corners=False
+                    )[0, 0].sigmoid()
+                    >= mask_threshold
+                )
+                overlap = (instances & mask).flatten(1).sum(1).float()
+                joint = (instances | mask).flatten(1).sum(1).float().clamp(min=1)
+                top1_iou[prompt] = (overlap / joint).max()
         return {
+            "top1_iou": top1_iou,
             "iou": torch.where(union > 0, intersection / union.clamp(min=1), 1.0),
             "dice": torch.where(areas > 0, 2 * intersection / areas.clamp(min=1), 1.0),
             "has_target": has_target,
@@ -273,6 +289,7 @@ def summarize_validation(steps: list[dict[str, Tensor]]) -> dict[str, float]:
         metrics["val/miou"] = merged["iou"][has_target].mean().item()
         metrics["val/dice"] = merged["dice"][has_target].mean().item()
         metrics["val/recall_prompts"] = merged["fires"][has_target].mean().item()
+        metrics["val/top1_iou"] = merged["top1_iou"][has_target].mean().item()
     if (~has_target).any():
         metrics["val/fp_prompt_rate"] = merged["fires"][~has_target].mean().item()
     metrics["val/presence_accuracy"] = merged["presence_correct"].mean().item()
