@@ -140,8 +140,10 @@ def main() -> None:
 def _read_build_info(folder: str | None) -> dict | None:
     if folder is None:
         return None
-    state = Path(folder) / "trainer_state.json"
-    return json.loads(state.read_text()) if state.is_file() else {"folder": folder}
+    state_file = Path(folder) / "trainer_state.json"
+    state = json.loads(state_file.read_text()) if state_file.is_file() else {}
+    keep = ("global_step", "images_seen", "best_metric")
+    return {"folder": folder, **{k: state[k] for k in keep if k in state}}
 
 
 if __name__ == "__main__":
