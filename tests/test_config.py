@@ -42,6 +42,7 @@ def test_config_file_errors(tmp_path: Path) -> None:
 
 
 def test_presets_load_with_documented_settings() -> None:
+    assert load_config("quickstart").data.synthetic is not None
     minimal = load_config("minimal")
     assert (minimal.lora.rank, minimal.lora.alpha) == (4, 8)
     assert minimal.lora.target_modules == ["q_proj", "v_proj"]
