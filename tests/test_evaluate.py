@@ -113,3 +113,41 @@ def test_missing_split_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[st
     code = main(["evaluate", "--model", "tiny-random", "--split", "test"])
     assert code == 2
     assert "data.test is not set" in capsys.readouterr().err
+
+
+def test_ground_truth_as_predictions_scores_perfectly(shapes_dir: Path) -> None:
+    """The evaluation pipeline's own known answer: a model that returns the ground truth."""
+    from sam3_lora.data.coco import CocoDataset
+    from sam3_lora.engine.evaluate import ModelRun, compute_metrics, ground_truth_dict
+
+    coco = CocoDataset.from_split_dir(shapes_dir / "valid")
+    gt = ground_truth_dict(coco)
+    results = [
+        {
+            "image_id": a["image_id"],
+            "category_id": a["category_id"],
+            "segmentation": a["segmentation"],
+            "bbox": a["bbox"],
+            "score": 1.0,
+        }
+        for a in gt["annotations"]
+    ]
+    present = {(a["image_id"], a["category_id"]) for a in gt["annotations"]}
+    pairs = [
+        {"category_id": c["id"], "has_gt": (i["id"], c["id"]) in present, "iou": 1.0,
+         "dice": 1.0, "fires": (i["id"], c["id"]) in present}
+        for i in gt["images"]
+        for c in gt["categories"]
+    ]  # fmt: skip
+    run = ModelRun("oracle", "ground truth", results=results, pairs=pairs, negative_fires=[False])
+    names = {c["id"]: c["name"] for c in gt["categories"]}
+    overall = compute_metrics(gt, run, threshold=0.5, names=names)["overall"]
+    assert overall["segm/AP"] == pytest.approx(1.0)
+    assert overall["bbox/AP"] == pytest.approx(1.0)
+    assert overall["cgF1"] == pytest.approx(1.0, abs=1e-3)
+    assert overall["IL_MCC"] == pytest.approx(1.0, abs=1e-3)
+    assert overall["absent_fire_rate"] == 0.0
+
+    empty = ModelRun("silent", "nothing", results=[], pairs=pairs, negative_fires=[False])
+    silent = compute_metrics(gt, empty, threshold=0.5, names=names)["overall"]
+    assert silent["segm/AP"] == 0.0 and silent["cgF1"] == 0.0
