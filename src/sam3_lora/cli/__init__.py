@@ -25,13 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in _COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"sam3_lora.cli.{name}")
-        except ModuleNotFoundError as error:
-            if error.name == f"sam3_lora.cli.{name}":
-                continue
-            raise
-        module.register(subparsers)
+        importlib.import_module(f"sam3_lora.cli.{name}").register(subparsers)
     return parser
 
 
