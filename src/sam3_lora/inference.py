@@ -31,13 +31,13 @@ from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
 from sam3_lora.config import Config, load_config
 from sam3_lora.data.images import load_image_rgb, to_rgb8
 from sam3_lora.errors import AdapterError, ModelLoadError, Sam3LoraError
+from sam3_lora.tasks.concept import encode_prompts, select_images
 from sam3_lora.weights import load_predictor
 
 logger = logging.getLogger(__name__)
 
 #: The text SAM3 gets for a prompt made of box exemplars only (as transformers' processor does).
 VISUAL_PROMPT = "visual"
-TEXT_LENGTH = 32
 BOX_PAD = -10  # transformers' padding label for input boxes
 
 
@@ -325,30 +325,18 @@ class SAM3LoRAInference:
         device = self.device
         index = torch.tensor([i for i, _ in group], device=device)
         texts = [prompts[i][p].text for i, p in group]
-        unique = list(dict.fromkeys(texts))
-        tokens = self.processor.tokenizer(
-            unique,
-            padding="max_length",
-            max_length=TEXT_LENGTH,
-            truncation=True,
-            return_tensors="pt",
-        ).to(device)
         inputs: dict[str, Any] = {}
         if any(prompts[i][p].boxes for i, p in group):
             boxes, labels = _box_inputs([(prompts[i][p], images[i].size) for i, p in group])
             inputs = {"input_boxes": boxes.to(device), "input_boxes_labels": labels.to(device)}
         with self._autocast():
-            text_features = self.model.get_text_features(
-                input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]
-            ).pooler_output
-            text_index = torch.tensor([unique.index(t) for t in texts], device=device)
+            text_features, text_mask, text_index = encode_prompts(
+                self.model, self.processor.tokenizer, texts, device
+            )
             outputs = self.model(
-                vision_embeds=Sam3VisionEncoderOutput(
-                    fpn_hidden_states=tuple(f[index] for f in vision.fpn_hidden_states),
-                    fpn_position_encoding=tuple(f[index] for f in vision.fpn_position_encoding),
-                ),
+                vision_embeds=select_images(vision, index),
                 text_embeds=BaseModelOutputWithPooling(pooler_output=text_features[text_index]),
-                attention_mask=tokens["attention_mask"][text_index],
+                attention_mask=text_mask[text_index],
                 **inputs,
             )
         return {

@@ -79,6 +79,38 @@ def base_sam3(model: torch.nn.Module) -> Sam3Model:
             raise TypeError(f"expected a Sam3Model (possibly wrapped), got {type(model).__name__}")
 
 
+def encode_prompts(
+    model: torch.nn.Module, tokenizer: object, prompts: list[str], device: torch.device
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Encode each distinct prompt text once.
+
+    Returns:
+        features [U, T, D], attention mask [U, T] and, per prompt, the row of its text [B].
+    """
+    unique = list(dict.fromkeys(prompts))
+    tokens = tokenizer(
+        unique,
+        padding="max_length",
+        max_length=TEXT_LENGTH,
+        truncation=True,
+        return_tensors="pt",
+    ).to(device)
+    features = model.get_text_features(
+        input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]
+    ).pooler_output
+    position = {text: i for i, text in enumerate(unique)}
+    index = torch.tensor([position[p] for p in prompts], device=device)
+    return features, tokens["attention_mask"], index
+
+
+def select_images(vision: Sam3VisionEncoderOutput, image_index: Tensor) -> Sam3VisionEncoderOutput:
+    """The vision features of each prompt's image, computed once per image and indexed."""
+    return Sam3VisionEncoderOutput(
+        fpn_hidden_states=tuple(f[image_index] for f in vision.fpn_hidden_states),
+        fpn_position_encoding=tuple(p[image_index] for p in vision.fpn_position_encoding),
+    )
+
+
 @dataclass
 class _LayerCapture:
     decoder: object = None
@@ -132,31 +164,14 @@ class ConceptTask:
         self, prompts: list[str], device: torch.device
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Encode the distinct prompts once: features [U, T, D], mask [U, T], index [B]."""
-        unique = list(dict.fromkeys(prompts))
-        tokens = self.tokenizer(
-            unique,
-            padding="max_length",
-            max_length=TEXT_LENGTH,
-            truncation=True,
-            return_tensors="pt",
-        ).to(device)
-        features = self.model.get_text_features(
-            input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]
-        ).pooler_output
-        position = {text: i for i, text in enumerate(unique)}
-        index = torch.tensor([position[p] for p in prompts], device=device)
-        return features, tokens["attention_mask"], index
+        return encode_prompts(self.model, self.tokenizer, prompts, device)
 
     def forward(self, batch: ConceptBatch) -> ConceptOutputs:
         """Run SAM3 on every (image, prompt) pair of ``batch`` and collect all decoder layers."""
         sam3 = base_sam3(self.model)
         device = batch.pixel_values.device
         vision = self.model.get_vision_features(pixel_values=batch.pixel_values)
-        image_index = batch.prompt_image_index
-        per_prompt_vision = Sam3VisionEncoderOutput(
-            fpn_hidden_states=tuple(f[image_index] for f in vision.fpn_hidden_states),
-            fpn_position_encoding=tuple(p[image_index] for p in vision.fpn_position_encoding),
-        )
+        per_prompt_vision = select_images(vision, batch.prompt_image_index)
         text_features, text_mask, text_index = self.encode_text(batch.prompts, device)
         with capture_decoder_layers(sam3) as layers:
             outputs = self.model(
