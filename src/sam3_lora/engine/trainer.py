@@ -471,9 +471,6 @@ class Trainer:
             else None,
             "output_dir": str(self.output_dir),
         }
-        write_summary(summary, self.output_dir / "training_summary.json")
-        plot_curves(self.metrics.rows, self.output_dir / "curves.png")
-        self.metrics.close()
         self.summary_table = summary_table(summary)
         self.comparison_table = None
         if self.state.baseline and final_metrics:
@@ -482,8 +479,10 @@ class Trainer:
                 for k, v in self.state.baseline.items()
                 if k != "step" and not k.startswith("val/loss_")
             }
-            write_summary(summary, self.output_dir / "training_summary.json")
             self.comparison_table = comparison_table(summary["base_metrics"], final_metrics)
+        write_summary(summary, self.output_dir / "training_summary.json")
+        plot_curves(self.metrics.rows, self.output_dir / "curves.png")
+        self.metrics.close()
         return summary
 
 
