@@ -76,6 +76,9 @@ class TrainingSettings(_Section):
     weight_decay: float = Field(0.01, ge=0)
     warmup_steps: int = Field(0, ge=0)
     lr_scheduler: Literal["cosine", "inverse_sqrt", "linear", "constant"] = "cosine"
+    cooldown_steps: int = Field(
+        0, ge=0, description="inverse_sqrt: linear decay to 0 over the last N steps (Meta: 20)"
+    )
     gradient_accumulation_steps: int = Field(1, ge=1)
     max_grad_norm: float | None = Field(1.0, gt=0, description="L2 gradient clipping; null = off")
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(

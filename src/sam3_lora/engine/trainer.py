@@ -14,6 +14,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -26,7 +27,6 @@ from tqdm.auto import tqdm
 from transformers import (
     get_constant_schedule_with_warmup,
     get_cosine_schedule_with_warmup,
-    get_inverse_sqrt_schedule,
     get_linear_schedule_with_warmup,
 )
 
@@ -115,18 +115,35 @@ def resolve_mixed_precision(setting: str) -> str:
 
 
 def build_scheduler(
-    name: str, optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int
+    name: str,
+    optimizer: torch.optim.Optimizer,
+    warmup_steps: int,
+    total_steps: int,
+    cooldown_steps: int = 0,
 ) -> torch.optim.lr_scheduler.LRScheduler:
     """Linear warmup, then cosine / linear decay, constant, or Meta's inverse square root."""
     if name == "cosine":
         return get_cosine_schedule_with_warmup(optimizer, warmup_steps, total_steps)
     if name == "linear":
         return get_linear_schedule_with_warmup(optimizer, warmup_steps, total_steps)
-    if name == "inverse_sqrt":  # Meta's; transformers' version has no cooldown phase
-        return get_inverse_sqrt_schedule(
-            optimizer, num_warmup_steps=warmup_steps, timescale=max(warmup_steps, 1)
+    if name == "inverse_sqrt":
+        factor = partial(
+            inverse_sqrt_factor, warmup=warmup_steps, cooldown=cooldown_steps, total=total_steps
         )
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     return get_constant_schedule_with_warmup(optimizer, warmup_steps)
+
+
+def inverse_sqrt_factor(step: int, warmup: int, cooldown: int, total: int) -> float:
+    """Meta's SAM3 schedule (timescale = warmup): linear warmup, lr / sqrt(step / warmup), and a
+    linear cooldown to 0 over the last ``cooldown`` steps."""
+    timescale = max(warmup, 1)
+    factor = 1.0 if step <= warmup else 1.0 / math.sqrt(step / timescale)
+    if warmup:
+        factor *= min(1.0, step / warmup)
+    if cooldown:
+        factor *= max(0.0, min(1.0, (total - step) / cooldown))
+    return factor
 
 
 class Trainer:
@@ -204,7 +221,11 @@ class Trainer:
         self.steps_per_epoch = math.ceil(len(train_loader) / settings.gradient_accumulation_steps)
         self.total_steps = settings.max_steps or self.steps_per_epoch * settings.num_epochs
         scheduler = build_scheduler(
-            settings.lr_scheduler, optimizer, settings.warmup_steps, self.total_steps
+            settings.lr_scheduler,
+            optimizer,
+            settings.warmup_steps,
+            self.total_steps,
+            settings.cooldown_steps,
         )
         self.task.model, self.optimizer, self.train_loader, self.scheduler = (
             self.accelerator.prepare(self.task.model, optimizer, train_loader, scheduler)
