@@ -1,0 +1,72 @@
+"""The shipped tiny SAM3 (assets/tiny-sam3) is a real, if small, pretrained SAM3.
+
+It loads through the same code path as ``facebook/sam3``, segments the named shape on fresh
+plain-shape images it was not trained on, and mostly stays silent for an absent shape.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from transformers import Sam3Model
+
+from sam3_lora.data.synthetic import PLAIN_SHAPES, draw_shapes_image
+from sam3_lora.inference import SAM3LoRAInference
+from sam3_lora.models import TINY_SAM3_DIR
+
+NUM_IMAGES = 12
+
+
+@pytest.fixture(scope="module")
+def measured() -> dict[str, float]:
+    """Threshold-free top-1 IoU, presence and firing on images from an unseen seed."""
+    predictor = SAM3LoRAInference(model="tiny", device="cpu", threshold=0.0)
+    assert isinstance(predictor.model, Sam3Model)
+    rng = np.random.default_rng(12345)  # the build used seed 0
+    top1, fired_present, fired_absent, presence_present, presence_absent = [], [], [], [], []
+    for _ in range(NUM_IMAGES):
+        pixels, instances = draw_shapes_image(rng, "plain", 256)
+        found = predictor.predict(pixels, text=list(PLAIN_SHAPES))
+        for shape in PLAIN_SHAPES:
+            mine = [i.mask for i in instances if i.category == shape]
+            of_prompt = [k for k, label in enumerate(found["labels"]) if label == shape]
+            best = max(of_prompt, key=lambda k: found["scores"][k])
+            fires = any(found["scores"][k] >= 0.5 for k in of_prompt)
+            if mine:
+                predicted = found["masks"][best]
+                top1.append(max((predicted & m).sum() / (predicted | m).sum() for m in mine))
+                presence_present.append(found["presence"][shape])
+                fired_present.append(fires)
+            else:
+                presence_absent.append(found["presence"][shape])
+                fired_absent.append(fires)
+    return {
+        "top1_iou": float(np.mean(top1)),
+        "presence_present": float(np.mean(presence_present)),
+        "presence_absent": float(np.mean(presence_absent)),
+        "fires_present": float(np.mean(fired_present)),
+        "fires_absent": float(np.mean(fired_absent)),
+    }
+
+
+def test_shipped_folder_is_small_and_complete() -> None:
+    files = {p.name for p in Path(TINY_SAM3_DIR).iterdir()}
+    assert {"config.json", "model.safetensors", "build_info.json"} <= files
+    assert {"tokenizer_config.json", "processor_config.json"} <= files
+    size = sum(p.stat().st_size for p in Path(TINY_SAM3_DIR).iterdir())
+    assert size < 15e6
+    info = json.loads((Path(TINY_SAM3_DIR) / "build_info.json").read_text())
+    assert info["categories"] == list(PLAIN_SHAPES)
+
+
+def test_segments_the_named_shape(measured: dict[str, float]) -> None:
+    assert measured["top1_iou"] > 0.4, measured
+
+
+def test_says_none_for_an_absent_shape(measured: dict[str, float]) -> None:
+    assert measured["presence_present"] > measured["presence_absent"] + 0.3, measured
+    assert measured["fires_absent"] < 0.15, measured
+    assert measured["fires_present"] > measured["fires_absent"] + 0.2, measured
