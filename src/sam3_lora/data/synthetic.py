@@ -5,7 +5,8 @@ Two styles share the category ids 1-3 (circle, rectangle, triangle):
 - ``plain``: vivid shapes (HSV saturation and value >= 0.55) on one plain random-colour
   background. Used to train the tiny SAM3 from scratch.
 - ``shifted``: a domain the plain model has not seen, for the LoRA quickstart. Backgrounds are
-  stripes, checkerboards, gradients or noise; shape colours are muted or dark (the complement of
+  stripes, checkerboards, gradients or noise (two colours 40-80 apart in RGB: visible, yet
+  below the shapes' own contrast); shape colours are muted or dark (the complement of
   the plain colour region); and a fourth category, ``star`` (id 4), appears.
 
 Shapes may overlap; each mask is the visible part of its shape (later shapes occlude earlier
@@ -46,12 +47,15 @@ SHAPES_BY_STYLE = {"plain": PLAIN_SHAPES, "shifted": (*PLAIN_SHAPES, NEW_SHAPE)}
 SPLITS = ("train", "valid")
 ANNOTATION_FILE = "_annotations.coco.json"
 PARAMS_FILE = "synth_params.json"
-GENERATOR_VERSION = 1  # bump when drawing changes, so ensure_shapes_dataset regenerates
+GENERATOR_VERSION = 2  # bump when drawing changes, so ensure_shapes_dataset regenerates
 
 MIN_VISIBLE_FRACTION = 0.3  # of a shape's own area that must stay visible under later shapes
 MIN_VISIBLE_PIXELS = 16
 MIN_BACKGROUND_CONTRAST = 90.0  # RGB euclidean distance between a shape and its background
 MIN_SHAPE_CONTRAST = 60.0  # ... between two shapes of one image
+# The two colours of a shifted texture differ by this much: the texture stays visible, and
+# below the shape contrast so that shapes are not camouflaged by it.
+TEXTURE_CONTRAST = (40.0, 80.0)
 VIVID = 0.55  # plain colours have HSV saturation and value >= VIVID; shifted colours do not
 _PLACEMENT_TRIES = 30
 _COLOUR_TRIES = 100
@@ -294,11 +298,10 @@ def _draw_background(
     first = rng.integers(0, 256, size=3).astype(np.float64)
     if style == "plain":
         return np.broadcast_to(first.astype(np.uint8), (image_size, image_size, 3)).copy(), [first]
-    second = rng.integers(0, 256, size=3).astype(np.float64)
-    for _ in range(_COLOUR_TRIES):  # keep the texture visible
-        if np.linalg.norm(first - second) >= MIN_SHAPE_CONTRAST:
-            break
-        second = rng.integers(0, 256, size=3).astype(np.float64)
+    direction = rng.normal(size=3)
+    step = rng.uniform(*TEXTURE_CONTRAST) * direction / np.linalg.norm(direction)
+    second = first + step if np.all((first + step >= 0) & (first + step <= 255)) else first - step
+    second = np.clip(second, 0, 255)
     ys, xs = np.mgrid[0:image_size, 0:image_size].astype(np.float64)
     angle = rng.uniform(0, np.pi)
     kind = ("stripes", "checkerboard", "gradient", "noise")[int(rng.integers(4))]
