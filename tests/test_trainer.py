@@ -207,3 +207,20 @@ def test_first_losses_are_pinned(shapes_dir: Path, tmp_path: Path) -> None:
 
 
 PINNED_FIRST_LOSSES = [262.3025, 244.8826]
+
+
+def test_random_downscaling_at_small_resolution_is_warned_about(
+    shapes_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from sam3_lora.config import load_config
+    from sam3_lora.training import build_concept_datasets
+
+    overrides = tiny_training_overrides(shapes_dir, tmp_path)
+    with caplog.at_level("WARNING", logger="sam3_lora.training"):
+        build_concept_datasets(load_config(None, overrides), 224)
+    assert "data.augment: false" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="sam3_lora.training"):
+        build_concept_datasets(load_config(None, {**overrides, "data.augment": False}), 224)
+        build_concept_datasets(load_config(None, overrides), 1008)
+    assert "data.augment" not in caplog.text

@@ -25,6 +25,8 @@ from sam3_lora.tasks.losses import LossWeights, Sam3ConceptLoss
 
 logger = logging.getLogger(__name__)
 
+SMALL_RESOLUTION = 512  # below it, Meta's random down-scaling is warned about
+
 
 def open_split(split: SplitSettings | None, name: str) -> CocoDataset | None:
     """The COCO dataset of one ``data.<name>`` entry (a split folder or explicit files)."""
@@ -79,6 +81,16 @@ def build_concept_datasets(
     config: Config, resolution: int
 ) -> tuple[ConceptDataset, ConceptDataset | None]:
     data = config.data
+    if data.augment and resolution < SMALL_RESOLUTION:
+        low, high = data.scale_range
+        logger.warning(
+            "data.augment shrinks training images to %.2f-%.2f of %d px; at this small "
+            "resolution objects may fall below one patch (the tiny SAM3 learns nothing then). "
+            "Consider data.augment: false or a narrower data.scale_range.",
+            low,
+            high,
+            resolution,
+        )
     train_coco, valid_coco = resolve_data_splits(config)
     vocabulary = load_negative_vocabulary(data.negative_prompts)
     train = ConceptDataset(
