@@ -35,7 +35,7 @@ def main() -> None:
     parser.add_argument("--output", default="assets/tiny-sam3")
     parser.add_argument("--work_dir", default="outputs/tiny-sam3-build")
     parser.add_argument("--data_dir", default="data/shapes-tiny-build")
-    parser.add_argument("--steps", type=int, default=10000)
+    parser.add_argument("--steps", type=int, default=16000)
     parser.add_argument("--batch_size", type=int, default=4)
     parser.add_argument("--learning_rate", type=float, default=3e-4)
     parser.add_argument("--num_train", type=int, default=2000)
