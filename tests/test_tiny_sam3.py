@@ -17,7 +17,7 @@ from sam3_lora.data.synthetic import PLAIN_SHAPES, draw_shapes_image
 from sam3_lora.inference import SAM3LoRAInference
 from sam3_lora.models import TINY_SAM3_DIR
 
-NUM_IMAGES = 12
+NUM_IMAGES = 30
 
 
 @pytest.fixture(scope="module")
@@ -69,4 +69,4 @@ def test_segments_the_named_shape(measured: dict[str, float]) -> None:
 def test_says_none_for_an_absent_shape(measured: dict[str, float]) -> None:
     assert measured["presence_present"] > measured["presence_absent"] + 0.3, measured
     assert measured["fires_absent"] < 0.15, measured
-    assert measured["fires_present"] > measured["fires_absent"] + 0.2, measured
+    assert measured["fires_present"] > 2 * measured["fires_absent"], measured
