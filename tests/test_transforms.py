@@ -37,7 +37,8 @@ def _check_sample(out: TransformedSample, num_instances: int) -> None:
     assert out.masks.shape == (num_instances, RESOLUTION, RESOLUTION)
     assert out.masks.dtype == torch.bool
     for box, mask in zip(out.boxes_xyxy, out.masks, strict=True):
-        # A triangle's apex thinner than one output pixel vanishes when the mask is resampled,
+        # A corner thinner than one output pixel (a rotated rectangle's, a triangle's apex)
+        # vanishes when the mask is down-sampled,
         # so the mask's tight box may sit up to 2 px inside the transformed box.
         assert torch.allclose(torch.tensor(_tight_box(mask)), box, atol=2.0), (
             box,
