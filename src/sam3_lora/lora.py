@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -264,7 +265,9 @@ def load_lora_weights(
     file_shapes = _adapter_file_shapes(weights_file)
     _check_adapter_fits(base_model, file_shapes, weights_file)
     try:
-        model = PeftModel.from_pretrained(base_model, adapter_dir, is_trainable=is_trainable)
+        with warnings.catch_warnings():  # missing keys: checked below, with a clearer message
+            warnings.filterwarnings("ignore", message="Found missing adapter keys")
+            model = PeftModel.from_pretrained(base_model, adapter_dir, is_trainable=is_trainable)
     except (ValueError, RuntimeError, KeyError) as error:
         raise AdapterError(
             f"{adapter_dir}: the adapter does not fit this base model: {error}"
