@@ -160,19 +160,15 @@ class ConceptTask:
         self.tokenizer = tokenizer
         self.criterion = loss
 
-    def encode_text(
-        self, prompts: list[str], device: torch.device
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """Encode the distinct prompts once: features [U, T, D], mask [U, T], index [B]."""
-        return encode_prompts(self.model, self.tokenizer, prompts, device)
-
     def forward(self, batch: ConceptBatch) -> ConceptOutputs:
         """Run SAM3 on every (image, prompt) pair of ``batch`` and collect all decoder layers."""
         sam3 = base_sam3(self.model)
         device = batch.pixel_values.device
         vision = self.model.get_vision_features(pixel_values=batch.pixel_values)
         per_prompt_vision = select_images(vision, batch.prompt_image_index)
-        text_features, text_mask, text_index = self.encode_text(batch.prompts, device)
+        text_features, text_mask, text_index = encode_prompts(
+            self.model, self.tokenizer, batch.prompts, device
+        )
         with capture_decoder_layers(sam3) as layers:
             outputs = self.model(
                 vision_embeds=per_prompt_vision,
@@ -248,11 +244,8 @@ class ConceptTask:
         predicted = torch.zeros((len(keep), *size), dtype=torch.bool, device=keep.device)
         for prompt, kept in enumerate(keep):
             if kept.any():
-                logits = outputs.masks[prompt, kept].float()[None]
-                upsampled = torch.nn.functional.interpolate(
-                    logits, size=size, mode="bilinear", align_corners=False
-                )[0]
-                predicted[prompt] = (upsampled.sigmoid() >= mask_threshold).any(dim=0)
+                masks = _binary_masks(outputs.masks[prompt, kept], size, mask_threshold)
+                predicted[prompt] = masks.any(dim=0)
         target = torch.stack(
             [
                 m.any(dim=0) if len(m) else torch.zeros(size, dtype=torch.bool, device=m.device)
@@ -268,13 +261,8 @@ class ConceptTask:
         top1_iou = torch.zeros(len(keep), device=keep.device)
         for prompt, instances in enumerate(batch.target_masks):
             if len(instances):
-                best = outputs.masks[prompt, scores[prompt].argmax()].float()[None, None]
-                mask = (
-                    torch.nn.functional.interpolate(
-                        best, size=size, mode="bilinear", align_corners=False
-                    )[0, 0].sigmoid()
-                    >= mask_threshold
-                )
+                best = outputs.masks[prompt, scores[prompt].argmax()][None]
+                mask = _binary_masks(best, size, mask_threshold)[0]
                 overlap = (instances & mask).flatten(1).sum(1).float()
                 joint = (instances | mask).flatten(1).sum(1).float().clamp(min=1)
                 top1_iou[prompt] = (overlap / joint).max()
@@ -287,6 +275,14 @@ class ConceptTask:
             "presence_correct": presence == has_target,
             **{f"loss/{k}": v.detach().reshape(1) for k, v in losses.items()},
         }
+
+
+def _binary_masks(logits: Tensor, size: torch.Size, threshold: float) -> Tensor:
+    """Mask logits [K, h, w] bilinearly upsampled to ``size`` and thresholded: bool [K, H, W]."""
+    upsampled = torch.nn.functional.interpolate(
+        logits.float()[None], size=size, mode="bilinear", align_corners=False
+    )[0]
+    return upsampled.sigmoid() >= threshold
 
 
 def summarize_validation(steps: list[dict[str, Tensor]]) -> dict[str, float]:
