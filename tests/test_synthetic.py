@@ -159,3 +159,41 @@ def test_bad_parameters_raise_config_error(tmp_path: Path, bad: dict) -> None:
     with pytest.raises(ConfigError):
         ensure_shapes_dataset(tmp_path / "shapes", **{**SMALL, **bad})
     assert not (tmp_path / "shapes").exists()
+
+
+def test_size_range_from_config_and_cli(tmp_path: Path) -> None:
+    from sam3_lora.cli import main
+    from sam3_lora.config import validate_config
+    from sam3_lora.training import synthetic_root
+
+    config = validate_config(
+        {
+            "data": {
+                "synthetic": {
+                    "output_dir": str(tmp_path / "from-config"),
+                    "num_train": 2,
+                    "num_val": 1,
+                    "image_size": 96,
+                    "size_range": [12, 24],
+                }
+            }
+        },
+        source="test",
+    )
+    root = synthetic_root(config)
+    assert json.loads((root / PARAMS_FILE).read_text())["size_range"] == [12, 24]
+    for annotation in _load(root, "train")["annotations"]:
+        assert max(annotation["bbox"][2:]) <= 24
+
+    cli_root = tmp_path / "from-cli"
+    args = ["data", "synth", "--output", str(cli_root), "--num_train", "2", "--num_val", "1"]
+    assert main([*args, "--image_size", "96", "--size_range", "10", "20"]) == 0
+    assert json.loads((cli_root / PARAMS_FILE).read_text())["size_range"] == [10, 20]
+
+
+def test_default_size_range_scales_with_the_image(tmp_path: Path) -> None:
+    from sam3_lora.data.synthetic import DEFAULT_SIZE_RANGE, default_size_range
+
+    assert default_size_range(256) == DEFAULT_SIZE_RANGE
+    root = ensure_shapes_dataset(tmp_path / "small", num_train=2, num_val=1, image_size=64)
+    assert json.loads((root / PARAMS_FILE).read_text())["size_range"] == [10, 28]

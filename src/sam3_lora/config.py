@@ -115,6 +115,9 @@ class SyntheticSettings(_Section):
     num_val: int = Field(50, ge=1)
     seed: int = Field(0, ge=0)
     image_size: int = Field(256, ge=32)
+    size_range: tuple[int, int] | None = Field(
+        None, description="shape sizes in pixels (min, max); null = 40-110 scaled from 256 px"
+    )
 
 
 class DataSettings(_Section):

@@ -52,6 +52,7 @@ def synthetic_root(config: Config) -> Path | None:
         num_val=synthetic.num_val,
         seed=synthetic.seed,
         style=synthetic.style,
+        size_range=synthetic.size_range,
         image_size=synthetic.image_size,
     )
 

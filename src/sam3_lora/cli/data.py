@@ -133,6 +133,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--style", choices=("plain", "shifted"), default="plain")
     synth.add_argument("--image_size", type=int, default=256)
+    synth.add_argument(
+        "--size_range",
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("MIN", "MAX"),
+        help="shape sizes in pixels (default: 40 110 at 256 px, scaled with --image_size)",
+    )
     synth.set_defaults(func=_synth)
 
     parser.set_defaults(func=lambda args: _help(parser))
@@ -394,6 +402,7 @@ def _synth(args: argparse.Namespace) -> int:
         seed=args.seed,
         style=args.style,
         image_size=args.image_size,
+        **({"size_range": tuple(args.size_range)} if args.size_range else {}),
     )
     console.print(f"[green]synthetic dataset[/green] written to {path}")
     return 0

@@ -47,8 +47,11 @@ SHAPES_BY_STYLE = {"plain": PLAIN_SHAPES, "shifted": (*PLAIN_SHAPES, NEW_SHAPE)}
 SPLITS = ("train", "valid")
 ANNOTATION_FILE = "_annotations.coco.json"
 PARAMS_FILE = "synth_params.json"
-GENERATOR_VERSION = 2  # bump when drawing changes, so ensure_shapes_dataset regenerates
+GENERATOR_VERSION = 3  # bump when drawing changes, so ensure_shapes_dataset regenerates
 
+# Default shape sizes at 256 px, scaled with the image: 40-110 px span 1.3-3.5 of the tiny
+# SAM3's 28 px tokens at 224 px.
+DEFAULT_SIZE_RANGE = (40, 110)
 MIN_VISIBLE_FRACTION = 0.3  # of a shape's own area that must stay visible under later shapes
 MIN_VISIBLE_PIXELS = 16
 MIN_BACKGROUND_CONTRAST = 90.0  # RGB euclidean distance between a shape and its background
@@ -80,7 +83,7 @@ def generate_shapes_dataset(
     style: str = "plain",
     image_size: int = 256,
     shapes_per_image: tuple[int, int] = (2, 5),
-    size_range: tuple[int, int] = (20, 80),
+    size_range: tuple[int, int] | None = None,
     progress: bool = True,
 ) -> Path:
     """Write a synthetic shapes dataset in Roboflow COCO layout.
@@ -96,7 +99,8 @@ def generate_shapes_dataset(
         image_size: Side of the square images, in pixels.
         shapes_per_image: Inclusive range of shapes per image.
         size_range: Inclusive range of shape sizes in pixels: circle diameter, rectangle sides,
-            diameter of the circle around a triangle or star.
+            diameter of the circle around a triangle or star. None: ``DEFAULT_SIZE_RANGE``
+            scaled by ``image_size / 256``.
         progress: Show a tqdm progress bar.
 
     Returns:
@@ -105,6 +109,7 @@ def generate_shapes_dataset(
     params = _check_params(
         num_train, num_val, seed, style, image_size, shapes_per_image, size_range
     )
+    size_range = tuple(params["size_range"])
     output_dir = Path(output_dir)
     _prepare_output_dir(output_dir)
     # Written first as incomplete, so an interrupted run is still recognised as ours.
@@ -180,13 +185,14 @@ def draw_shapes_image(
     style: str = "plain",
     image_size: int = 256,
     shapes_per_image: tuple[int, int] = (2, 5),
-    size_range: tuple[int, int] = (20, 80),
+    size_range: tuple[int, int] | None = None,
 ) -> tuple[np.ndarray, list[ShapeInstance]]:
-    """Draw one image.
+    """Draw one image (``size_range`` None: the default for ``image_size``).
 
     Returns:
         ``(pixels, instances)``: uint8 ``[H, W, 3]`` and the visible instances, bottom first.
     """
+    size_range = size_range or default_size_range(image_size)
     background, reference_colours = _draw_background(rng, style, image_size)
     for _ in range(_LAYOUT_TRIES):
         num_shapes = int(rng.integers(shapes_per_image[0], shapes_per_image[1] + 1))
@@ -204,6 +210,12 @@ def draw_shapes_image(
     for instance in instances:
         pixels[instance.mask] = instance.colour
     return pixels, instances
+
+
+def default_size_range(image_size: int) -> tuple[int, int]:
+    """``DEFAULT_SIZE_RANGE`` scaled from 256 px to ``image_size``."""
+    low, high = (max(4, round(size * image_size / 256)) for size in DEFAULT_SIZE_RANGE)
+    return low, high
 
 
 def _layout_shapes(
@@ -388,7 +400,7 @@ def _check_params(
     style: str,
     image_size: int,
     shapes_per_image: tuple[int, int],
-    size_range: tuple[int, int],
+    size_range: tuple[int, int] | None,
 ) -> dict[str, Any]:
     """Validate generator arguments; return them as a JSON-ready dict."""
     if style not in STYLES:
@@ -405,6 +417,8 @@ def _check_params(
         raise ConfigError(
             f"shapes_per_image={shapes_per_image!r} must be (min, max) with 0 <= min <= max."
         )
+    if size_range is None:
+        size_range = default_size_range(image_size)
     small, large = _pair("size_range", size_range)
     if not 4 <= small <= large <= image_size:
         raise ConfigError(
