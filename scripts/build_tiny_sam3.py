@@ -40,11 +40,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=16000)
     parser.add_argument("--batch_size", type=int, default=4)
     parser.add_argument("--learning_rate", type=float, default=3e-4)
-    parser.add_argument("--num_train", type=int, default=2000)
+    parser.add_argument("--num_train", type=int, default=8000)
     parser.add_argument("--num_val", type=int, default=50)
     parser.add_argument("--eval_steps", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = default")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--aux_layers",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="supervise every decoder layer, as Meta does (--no-aux_layers: the final one only)",
+    )
     parser.add_argument(
         "--augment",
         action="store_true",
@@ -90,7 +96,7 @@ def main() -> None:
                 "num_negative_prompts": 1,
                 "augment": args.augment,
             },
-            "loss": {"aux_layers": False},
+            "loss": {"aux_layers": args.aux_layers},
             "evaluation": {"batch_size": 8},
             "output": {"output_dir": args.work_dir, "tensorboard": False},
         },

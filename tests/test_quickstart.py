@@ -32,5 +32,5 @@ def test_readme_quick_start_adapts_the_tiny_sam3(
     base, adapted = summary["base_metrics"], summary["final_metrics"]
     assert summary["steps"] == 800
     assert adapted["val/loss"] < 0.8 * base["val/loss"], (base, adapted)
-    assert adapted["val/top1_iou"] > base["val/top1_iou"] + 0.04, (base, adapted)
-    assert adapted["val/fp_prompt_rate"] < 0.5 * base["val/fp_prompt_rate"], (base, adapted)
+    assert adapted["val/top1_iou"] > base["val/top1_iou"] + 0.06, (base, adapted)
+    assert adapted["val/fp_prompt_rate"] < 0.3 * base["val/fp_prompt_rate"], (base, adapted)

@@ -1,7 +1,9 @@
 """The shipped tiny SAM3 (assets/tiny-sam3) is a real, if small, pretrained SAM3.
 
 It loads through the same code path as ``facebook/sam3``, segments the named shape on fresh
-plain-shape images it was not trained on, and mostly stays silent for an absent shape.
+plain-shape images it was not trained on, and stays silent for an absent shape (measured on
+the shipped build: top-1 IoU 0.70, presence 0.96 vs 0.13, fires on 78 % of present and 0 % of
+absent names at score 0.5).
 """
 
 from __future__ import annotations
@@ -63,10 +65,10 @@ def test_shipped_folder_is_small_and_complete() -> None:
 
 
 def test_segments_the_named_shape(measured: dict[str, float]) -> None:
-    assert measured["top1_iou"] > 0.4, measured
+    assert measured["top1_iou"] > 0.55, measured
 
 
 def test_says_none_for_an_absent_shape(measured: dict[str, float]) -> None:
-    assert measured["presence_present"] > measured["presence_absent"] + 0.3, measured
-    assert measured["fires_absent"] < 0.15, measured
-    assert measured["fires_present"] > 2 * measured["fires_absent"], measured
+    assert measured["presence_present"] > measured["presence_absent"] + 0.6, measured
+    assert measured["fires_absent"] < 0.05, measured
+    assert measured["fires_present"] > 0.5, measured
