@@ -107,7 +107,7 @@ def test_yolo_and_split_commands(tmp_path: Path, capsys) -> None:
 def test_synth_calls_generator_lazily(tmp_path: Path, monkeypatch) -> None:
     calls = {}
 
-    def fake(output_dir, num_train, num_val, seed, style="plain", image_size=256):
+    def fake(output_dir, num_train, num_val, seed, style="plain", image_size=256, size_range=None):
         calls.update(output_dir=output_dir, num_train=num_train, style=style, size=image_size)
         return Path(output_dir)
 

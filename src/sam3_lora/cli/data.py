@@ -402,7 +402,7 @@ def _synth(args: argparse.Namespace) -> int:
         seed=args.seed,
         style=args.style,
         image_size=args.image_size,
-        **({"size_range": tuple(args.size_range)} if args.size_range else {}),
+        size_range=tuple(args.size_range) if args.size_range else None,
     )
     console.print(f"[green]synthetic dataset[/green] written to {path}")
     return 0
