@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from sam3_lora.config import LoraSettings
@@ -119,3 +120,26 @@ def test_loss_reaches_adapter_and_validation_summarizes(shapes_dir: Path) -> Non
     for key in ("val/loss", "val/miou", "val/dice", "val/fp_prompt_rate", "val/presence_accuracy"):
         assert key in metrics
         assert metrics[key] >= 0 or key == "val/loss"
+
+
+def test_summarize_validation_averages_the_right_prompts():
+    # Two prompts with targets (IoU 0.5 found, 0.0 missed) and two without (one silent, one
+    # firing): mIoU over the first two, false-positive rate over the last two, gIoU over all.
+    step = {
+        "iou": torch.tensor([0.5, 0.0, 1.0, 0.0]),
+        "dice": torch.tensor([0.6, 0.0, 1.0, 0.0]),
+        "top1_iou": torch.tensor([0.5, 0.2, 0.0, 0.0]),
+        "has_target": torch.tensor([True, True, False, False]),
+        "fires": torch.tensor([True, False, False, True]),
+        "presence_correct": torch.tensor([True, False, True, False]),
+        "loss/loss": torch.tensor([3.0]),
+    }
+    metrics = summarize_validation([step])
+    assert metrics["val/miou"] == pytest.approx(0.25)
+    assert metrics["val/dice"] == pytest.approx(0.3)
+    assert metrics["val/recall_prompts"] == pytest.approx(0.5)
+    assert metrics["val/top1_iou"] == pytest.approx(0.35)
+    assert metrics["val/fp_prompt_rate"] == pytest.approx(0.5)
+    assert metrics["val/giou"] == pytest.approx(1.5 / 4)
+    assert metrics["val/presence_accuracy"] == pytest.approx(0.5)
+    assert metrics["val/loss"] == pytest.approx(3.0)

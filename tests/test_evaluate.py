@@ -69,6 +69,7 @@ def test_evaluate_compares_base_and_adapter(
         "Dice",
         "negative_fire_rate",
         "absent_fire_rate",
+        "gIoU",
     ):
         assert key in overall
     assert 0.0 <= overall["negative_fire_rate"] <= 1.0
@@ -77,10 +78,38 @@ def test_evaluate_compares_base_and_adapter(
     assert set(metrics["models"]["adapter"]["per_category"]) == {"circle", "rectangle", "triangle"}
     assert "difference" in metrics
 
+    # The sweep holds the configured threshold, agrees with the overall numbers there, and false
+    # alarms can only fall as the threshold rises.
+    adapter = metrics["models"]["adapter"]
+    sweep = adapter["threshold_sweep"]
+    assert [row["threshold"] for row in sweep] == [
+        0.1,
+        0.2,
+        0.25,
+        0.3,
+        0.4,
+        0.5,
+        0.6,
+        0.7,
+        0.8,
+        0.9,
+    ]
+    at_threshold = sweep[2]
+    for key in ("cgF1", "gIoU", "absent_fire_rate", "negative_fire_rate"):
+        assert at_threshold[key] == pytest.approx(overall[key], nan_ok=True), key
+    for key in ("absent_fire_rate", "negative_fire_rate"):
+        values = [row[key] for row in sweep]
+        assert values == sorted(values, reverse=True), key
+    assert adapter["best_threshold"]["cgF1"] == max(row["cgF1"] for row in sweep)
+    assert "by score threshold" in printed
+    assert (tmp_path / "threshold_sweep.png").stat().st_size > 0
+    assert "## By score threshold" in (tmp_path / "report.md").read_text()
+
     page = (tmp_path / "report.html").read_text()
     assert re.search(r"(src|href)\s*=\s*[\"']?(https?:)?//", page) is None  # nothing to fetch
     assert "<script" not in page and "@import" not in page and "url(" not in page
-    assert page.count('src="data:image/png;base64,') == 4  # gallery: every image, worst first
+    # gallery (every image, worst first) and the sweep plot
+    assert page.count('src="data:image/png;base64,') == 4 + 1
     assert "| segm/AP |" in (tmp_path / "report.md").read_text()
 
 
@@ -118,7 +147,12 @@ def test_missing_split_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[st
 def test_ground_truth_as_predictions_scores_perfectly(shapes_dir: Path) -> None:
     """The evaluation pipeline's own known answer: a model that returns the ground truth."""
     from sam3_lora.data.coco import CocoDataset
-    from sam3_lora.engine.evaluate import ModelRun, compute_metrics, ground_truth_dict
+    from sam3_lora.engine.evaluate import (
+        SWEEP_THRESHOLDS,
+        ModelRun,
+        compute_metrics,
+        ground_truth_dict,
+    )
 
     coco = CocoDataset.from_split_dir(shapes_dir / "valid")
     gt = ground_truth_dict(coco)
@@ -133,21 +167,48 @@ def test_ground_truth_as_predictions_scores_perfectly(shapes_dir: Path) -> None:
         for a in gt["annotations"]
     ]
     present = {(a["image_id"], a["category_id"]) for a in gt["annotations"]}
+    swept = len(SWEEP_THRESHOLDS)
     pairs = [
         {"category_id": c["id"], "has_gt": (i["id"], c["id"]) in present, "iou": 1.0,
-         "dice": 1.0, "fires": (i["id"], c["id"]) in present}
+         "dice": 1.0, "fires": (i["id"], c["id"]) in present,
+         "best_score": float((i["id"], c["id"]) in present),
+         "sweep_iou": [1.0] * swept, "sweep_dice": [1.0] * swept}
         for i in gt["images"]
         for c in gt["categories"]
     ]  # fmt: skip
-    run = ModelRun("oracle", "ground truth", results=results, pairs=pairs, negative_fires=[False])
+    run = ModelRun(
+        "oracle",
+        "ground truth",
+        results=results,
+        pairs=pairs,
+        negative_fires=[False],
+        negative_scores=[0.0],
+    )
     names = {c["id"]: c["name"] for c in gt["categories"]}
-    overall = compute_metrics(gt, run, threshold=0.5, names=names)["overall"]
+    oracle = compute_metrics(gt, run, threshold=0.5, names=names)
+    overall = oracle["overall"]
     assert overall["segm/AP"] == pytest.approx(1.0)
     assert overall["bbox/AP"] == pytest.approx(1.0)
     assert overall["cgF1"] == pytest.approx(1.0, abs=1e-3)
     assert overall["IL_MCC"] == pytest.approx(1.0, abs=1e-3)
     assert overall["absent_fire_rate"] == 0.0
+    assert overall["gIoU"] == 1.0
+    for row in oracle["threshold_sweep"]:
+        assert row["cgF1"] == pytest.approx(1.0, abs=1e-3) and row["gIoU"] == 1.0
 
-    empty = ModelRun("silent", "nothing", results=[], pairs=pairs, negative_fires=[False])
+    # A model that never answers: right on every absent pair and on the one negative prompt.
+    silent_pairs = [
+        {**p, "iou": float(not p["has_gt"]), "dice": float(not p["has_gt"]), "fires": False,
+         "best_score": 0.0, "sweep_iou": [float(not p["has_gt"])] * swept,
+         "sweep_dice": [float(not p["has_gt"])] * swept}
+        for p in pairs
+    ]  # fmt: skip
+    empty = ModelRun(
+        "silent", "nothing", results=[], pairs=silent_pairs, negative_fires=[False],
+        negative_scores=[0.0],
+    )  # fmt: skip
     silent = compute_metrics(gt, empty, threshold=0.5, names=names)["overall"]
     assert silent["segm/AP"] == 0.0 and silent["cgF1"] == 0.0
+    absent = sum(not p["has_gt"] for p in pairs)
+    assert silent["gIoU"] == pytest.approx((absent + 1) / (len(pairs) + 1))
+    assert silent["mIoU"] == 0.0

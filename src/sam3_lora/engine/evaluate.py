@@ -11,7 +11,11 @@ presence) and are scored with :mod:`sam3_lora.metrics`:
 - mask mIoU and Dice per (image, category) pair with ground truth: the union of the predictions
   above the threshold against the union of the ground truth;
 - prompt following: the share of negative prompts (and of absent categories) on which the model
-  predicts anything above the threshold.
+  predicts anything above the threshold;
+- gIoU (generalized referring segmentation, gRefCOCO): the mean IoU over every prompt, a prompt
+  without ground truth scoring 1 when nothing passes the threshold and 0 otherwise;
+- a score-threshold sweep (0.1 ... 0.9) of the thresholded metrics, and the threshold with the
+  best cgF1: the operating point to pass to ``predict --threshold``.
 """
 
 from __future__ import annotations
@@ -46,6 +50,18 @@ MIN_RESULT_SCORE = 0.01  # results kept for COCO AP (thresholded metrics use the
 MAX_DETECTIONS = 100  # per (image, prompt), COCO's maxDets
 COCO_KEYS = ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large", "AR@100")
 CGF1_KEYS = ("cgF1", "cgF1@50", "cgF1@75", "positive_micro_F1", "IL_MCC")
+#: Score thresholds of the sweep; the configured threshold is added when it is not among them.
+SWEEP_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+SWEEP_KEYS = (
+    "cgF1",
+    "positive_micro_F1",
+    "IL_MCC",
+    "gIoU",
+    "mIoU",
+    "Dice",
+    "absent_fire_rate",
+    "negative_fire_rate",
+)
 
 
 @dataclass
@@ -57,6 +73,8 @@ class ModelRun:
     results: list[dict[str, Any]] = field(default_factory=list)
     pairs: list[dict[str, Any]] = field(default_factory=list)  # per (image, category)
     negative_fires: list[bool] = field(default_factory=list)
+    negative_scores: list[float] = field(default_factory=list)  # best score per negative prompt
+    sweep_thresholds: tuple[float, ...] = SWEEP_THRESHOLDS
     image_scores: dict[int, float] = field(default_factory=dict)  # image_id -> mean pair IoU
     seconds: float = 0.0
 
@@ -117,7 +135,8 @@ def run_model(
     """Prompt every category (and the negatives) on every image of ``indices``, in batches."""
     from sam3_lora.autolabel import encode_mask
 
-    run = ModelRun(name=name, source=_describe(predictor, name))
+    sweep = tuple(sorted({*SWEEP_THRESHOLDS, threshold}))
+    run = ModelRun(name=name, source=_describe(predictor, name), sweep_thresholds=sweep)
     started = time.perf_counter()
     category_prompts = [ConceptPrompt(c.prompt) for c in coco.categories]
     progress = tqdm(total=len(indices), desc=f"evaluating {name}", unit="img", leave=False)
@@ -146,21 +165,28 @@ def run_model(
                             "score": float(score),
                         }
                     )
-                keep = prediction.scores >= threshold
-                iou, dice = union_iou_dice(prediction.masks[keep], gt[category.id])
+                swept = [
+                    union_iou_dice(prediction.masks[prediction.scores >= t], gt[category.id])
+                    for t in sweep
+                ]
+                iou, dice = swept[sweep.index(threshold)]
                 ious.append(iou)
                 run.pairs.append(
                     {
                         "image_id": image_id,
                         "category_id": category.id,
                         "has_gt": len(gt[category.id]) > 0,
-                        "fires": bool(keep.any()),
+                        "fires": _fires(prediction, threshold),
                         "iou": iou,
                         "dice": dice,
+                        "best_score": _best_score(prediction),
+                        "sweep_iou": [v[0] for v in swept],
+                        "sweep_dice": [v[1] for v in swept],
                     }
                 )
             for prediction in per_prompt[len(coco.categories) :]:
                 run.negative_fires.append(_fires(prediction, threshold))
+                run.negative_scores.append(_best_score(prediction))
             run.image_scores[image_id] = float(np.mean(ious)) if ious else 1.0
         progress.update(len(chunk))
     progress.close()
@@ -170,6 +196,10 @@ def run_model(
 
 def _fires(prediction: PromptPrediction, threshold: float) -> bool:
     return bool((prediction.scores >= threshold).any())
+
+
+def _best_score(prediction: PromptPrediction) -> float:
+    return float(prediction.scores.max()) if len(prediction.scores) else 0.0
 
 
 def _describe(predictor: SAM3LoRAInference, name: str) -> str:
@@ -202,6 +232,9 @@ def compute_metrics(
     overall["Dice"] = _mean([p["dice"] for p in positive])
     overall["absent_fire_rate"] = _mean([float(p["fires"]) for p in absent])
     overall["negative_fire_rate"] = _mean([float(f) for f in run.negative_fires])
+    overall["gIoU"] = _mean(
+        [p["iou"] for p in run.pairs] + [0.0 if f else 1.0 for f in run.negative_fires]
+    )
 
     per_category_cgf1 = cgf1_per_category(gt, run.results, "segm", threshold)
     per_category = {}
@@ -217,9 +250,13 @@ def compute_metrics(
             "absent_fire_rate": _mean([float(p["fires"]) for p in pairs if not p["has_gt"]]),
             "images_with_gt": sum(p["has_gt"] for p in pairs),
         }
+    sweep = threshold_sweep(gt, run)
+    best = max(sweep, key=lambda row: row["cgF1"]) if sweep else None
     return {
         "source": run.source,
         "overall": overall,
+        "threshold_sweep": sweep,
+        "best_threshold": None if best is None else dict(best),
         "per_category": per_category,
         "cgf1_segm": cgf1["segm"],
         "cgf1_bbox": cgf1["bbox"],
@@ -229,6 +266,28 @@ def compute_metrics(
         "seconds": round(run.seconds, 2),
         "images_per_second": round(len(run.image_scores) / max(run.seconds, 1e-9), 2),
     }
+
+
+def threshold_sweep(gt: dict[str, Any], run: ModelRun) -> list[dict[str, float]]:
+    """The thresholded metrics of ``run`` at each of its sweep thresholds, one row each."""
+    positive = [p for p in run.pairs if p["has_gt"]]
+    absent = [p for p in run.pairs if not p["has_gt"]]
+    rows = []
+    for index, threshold in enumerate(run.sweep_thresholds):
+        cgf1 = cgf1_metrics(gt, run.results, "segm", threshold)
+        negative_ok = [float(s < threshold) for s in run.negative_scores]
+        rows.append(
+            {
+                "threshold": threshold,
+                **{k: cgf1[k] for k in ("cgF1", "positive_micro_F1", "IL_MCC")},
+                "gIoU": _mean([p["sweep_iou"][index] for p in run.pairs] + negative_ok),
+                "mIoU": _mean([p["sweep_iou"][index] for p in positive]),
+                "Dice": _mean([p["sweep_dice"][index] for p in positive]),
+                "absent_fire_rate": _mean([float(p["best_score"] >= threshold) for p in absent]),
+                "negative_fire_rate": _mean([1.0 - ok for ok in negative_ok]),
+            }
+        )
+    return rows
 
 
 def evaluate_dataset(

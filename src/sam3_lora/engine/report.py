@@ -46,12 +46,15 @@ HEADLINE = {
     "bbox/cgF1": "cgF1 (boxes)",
     "mIoU": "mask IoU of the union, pairs with ground truth",
     "Dice": "mask Dice of the union, pairs with ground truth",
+    "gIoU": "IoU over every prompt, absent ones scoring 1 when silent (gRefCOCO's gIoU)",
     "absent_fire_rate": "absent categories with a prediction (lower is better)",
     "negative_fire_rate": "negative prompts with a prediction (lower is better)",
 }
 LOWER_IS_BETTER = {"absent_fire_rate", "negative_fire_rate"}
 PER_CATEGORY = ("segm/AP", "bbox/AP", "cgF1", "positive_micro_F1", "mIoU", "Dice")
 CONSOLE_PER_CATEGORY = ("segm/AP", "cgF1", "mIoU")
+SWEEP_COLUMNS = ("cgF1", "gIoU", "mIoU", "absent_fire_rate", "negative_fire_rate")
+SWEEP_PLOT = "threshold_sweep.png"
 
 
 @dataclass
@@ -109,8 +112,67 @@ def category_rows(
     return header, rows
 
 
+def sweep_rows(metrics: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the score-threshold sweep: one row per threshold, models side by side.
+
+    The best-cgF1 threshold of each model is marked with ``*`` in its cgF1 column.
+    """
+    models = {m: block for m, block in metrics["models"].items() if block.get("threshold_sweep")}
+    if not models:
+        return [], []
+    header = ["threshold"]
+    for key in SWEEP_COLUMNS:
+        header.extend(f"{key} ({m})" if len(models) > 1 else key for m in models)
+    thresholds = [row["threshold"] for row in next(iter(models.values()))["threshold_sweep"]]
+    rows = []
+    for index, threshold in enumerate(thresholds):
+        row = [f"{threshold:g}"]
+        for key in SWEEP_COLUMNS:
+            for block in models.values():
+                cell = _fmt(block["threshold_sweep"][index][key])
+                best = block.get("best_threshold") or {}
+                if key == "cgF1" and best.get("threshold") == threshold:
+                    cell += " *"
+                row.append(cell)
+        rows.append(row)
+    return header, rows
+
+
+def plot_threshold_sweep(metrics: dict[str, Any], output_path: str | Path) -> Path | None:
+    """cgF1, gIoU, mIoU and false alarms against the score threshold, one line per model."""
+    models = {m: block for m, block in metrics["models"].items() if block.get("threshold_sweep")}
+    if not models:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 4, figsize=(15, 3.6), sharex=True)
+    panels = (
+        ("cgF1", "cgF1 (Meta)"),
+        ("gIoU", "gIoU (all prompts)"),
+        ("mIoU", "mIoU (prompts with objects)"),
+        ("absent_fire_rate", "absent categories answered"),
+    )
+    for axis, (key, title) in zip(axes, panels, strict=True):
+        for name, block in models.items():
+            rows = block["threshold_sweep"]
+            style = "o--" if name == "base" else "o-"
+            axis.plot([r["threshold"] for r in rows], [r[key] for r in rows], style, label=name)
+        axis.axvline(metrics["score_threshold"], color="grey", linewidth=0.8, linestyle=":")
+        axis.set_title(title)
+        axis.set_xlabel("score threshold")
+        axis.set_ylim(0, 1)
+    axes[0].legend()
+    figure.tight_layout()
+    figure.savefig(output_path, dpi=100)
+    plt.close(figure)
+    return Path(output_path)
+
+
 def comparison_tables(metrics: dict[str, Any]) -> list[Table]:
-    """The overall and per-category tables for the console."""
+    """The overall, per-category and threshold-sweep tables for the console."""
     tables = []
     title = (
         f"evaluation on {metrics.get('split', '')} ({metrics['num_images']} images, "
@@ -119,7 +181,10 @@ def comparison_tables(metrics: dict[str, Any]) -> list[Table]:
     for (header, rows), table_title in (
         (overall_rows(metrics), title),
         (category_rows(metrics, CONSOLE_PER_CATEGORY), "per category (all numbers: report.md)"),
+        (sweep_rows(metrics), "by score threshold (* = best cgF1: pass it to predict --threshold)"),
     ):
+        if not header:
+            continue
         table = Table(title=table_title)
         for column in header:
             table.add_column(
@@ -212,7 +277,16 @@ def write_reports(
     files = {"metrics.json": output_dir / "metrics.json"}
     write_json(files["metrics.json"], _json_safe(metrics), indent=2)
 
-    overall, categories = overall_rows(metrics), category_rows(metrics)
+    overall, categories, sweep = overall_rows(metrics), category_rows(metrics), sweep_rows(metrics)
+    plot = plot_threshold_sweep(metrics, output_dir / SWEEP_PLOT) if sweep[0] else None
+    if plot is not None:
+        files[SWEEP_PLOT] = plot
+    best = [
+        f"{name}: best cgF1 {block['best_threshold']['cgF1']:.3f} at score threshold "
+        f"{block['best_threshold']['threshold']:g}"
+        for name, block in metrics["models"].items()
+        if block.get("best_threshold")
+    ]
     intro = [
         f"dataset: {metrics['dataset']} ({metrics.get('split', '')}), {metrics['num_images']} "
         f"images, {metrics['num_categories']} categories, "
@@ -233,6 +307,20 @@ def write_reports(
         "",
         _markdown_table(*categories),
         "",
+        *(
+            [
+                "## By score threshold",
+                "",
+                *[f"- {line}" for line in best],
+                "",
+                _markdown_table(*sweep),
+                "",
+                f"![metrics by score threshold]({SWEEP_PLOT})",
+                "",
+            ]
+            if sweep[0]
+            else []
+        ),
         "Metric definitions:",
         "",
         *[f"- `{key}`: {text}" for key, text in HEADLINE.items()],
@@ -258,6 +346,7 @@ def write_reports(
         + _html_table(*overall)
         + "<h2>Per category</h2>"
         + _html_table(*categories)
+        + (_sweep_html(best, sweep, plot) if sweep[0] else "")
         + "<h2>Worst images first</h2>"
         + (figures or "<p>no images</p>")
         + f"<h2>Metrics</h2><ul>{definitions}</ul></body></html>"
@@ -265,6 +354,18 @@ def write_reports(
     files["report.html"] = output_dir / "report.html"
     files["report.html"].write_text(page, encoding="utf-8")
     return files
+
+
+def _sweep_html(
+    best: list[str], sweep: tuple[list[str], list[list[str]]], plot: Path | None
+) -> str:
+    image = ""
+    if plot is not None:
+        with Image.open(plot) as picture:
+            uri = png_data_uri(picture)
+        image = f'<figure><img alt="metrics by score threshold" src="{uri}"></figure>'
+    lines = "".join(f"<li>{html.escape(line)}</li>" for line in best)
+    return f"<h2>By score threshold</h2><ul>{lines}</ul>{_html_table(*sweep)}{image}"
 
 
 def _json_safe(value: Any) -> Any:

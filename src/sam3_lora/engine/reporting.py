@@ -105,6 +105,7 @@ def plot_curves(rows: list[dict[str, Any]], output_path: Path) -> Path | None:
     loss_axis.legend()
     for key, label in (
         ("val/miou", "mask mIoU"),
+        ("val/giou", "gIoU (all prompts)"),
         ("val/top1_iou", "top-1 IoU"),
         ("val/dice", "Dice"),
         ("val/fp_prompt_rate", "false-positive prompts"),

@@ -286,7 +286,13 @@ def _binary_masks(logits: Tensor, size: torch.Size, threshold: float) -> Tensor:
 
 
 def summarize_validation(steps: list[dict[str, Tensor]]) -> dict[str, float]:
-    """Aggregate :meth:`ConceptTask.validation_step` results into ``val/*`` metrics."""
+    """Aggregate :meth:`ConceptTask.validation_step` results into ``val/*`` metrics.
+
+    ``miou`` / ``dice`` / ``recall_prompts`` / ``top1_iou`` average the prompts with targets,
+    ``fp_prompt_rate`` the prompts without; ``giou`` averages all prompts (a no-target prompt
+    scores 1 when nothing passes the threshold, else 0), so it weighs found masks against false
+    alarms in one number, as generalized referring segmentation (gRefCOCO) does.
+    """
     if not steps:
         return {}
     merged = {key: torch.cat([s[key].reshape(-1).float().cpu() for s in steps]) for key in steps[0]}
@@ -303,6 +309,8 @@ def summarize_validation(steps: list[dict[str, Tensor]]) -> dict[str, float]:
         metrics["val/top1_iou"] = merged["top1_iou"][has_target].mean().item()
     if (~has_target).any():
         metrics["val/fp_prompt_rate"] = merged["fires"][~has_target].mean().item()
+    # gRefCOCO's gIoU: every prompt counts, a no-target prompt answered with nothing scores 1.
+    metrics["val/giou"] = merged["iou"].mean().item()
     metrics["val/presence_accuracy"] = merged["presence_correct"].mean().item()
     metrics["val/prompts"] = float(len(has_target))
     return metrics
