@@ -54,6 +54,7 @@ LOWER_IS_BETTER = {"absent_fire_rate", "negative_fire_rate"}
 PER_CATEGORY = ("segm/AP", "bbox/AP", "cgF1", "positive_micro_F1", "mIoU", "Dice")
 CONSOLE_PER_CATEGORY = ("segm/AP", "cgF1", "mIoU")
 SWEEP_COLUMNS = ("cgF1", "gIoU", "mIoU", "absent_fire_rate", "negative_fire_rate")
+CONSOLE_SWEEP_COLUMNS = ("cgF1", "gIoU", "mIoU", "absent_fire_rate")
 SWEEP_PLOT = "threshold_sweep.png"
 
 
@@ -112,28 +113,37 @@ def category_rows(
     return header, rows
 
 
-def sweep_rows(metrics: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+def sweep_rows(
+    metrics: dict[str, Any], keys: tuple[str, ...] = SWEEP_COLUMNS, compact: bool = False
+) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the score-threshold sweep: one row per threshold, models side by side.
 
-    The best-cgF1 threshold of each model is marked with ``*`` in its cgF1 column.
+    The best-cgF1 threshold of each model is marked with ``*``. ``compact`` puts every model's
+    value of a metric in one cell (``base / adapter``), for narrow consoles.
     """
     models = {m: block for m, block in metrics["models"].items() if block.get("threshold_sweep")}
     if not models:
         return [], []
+    names = " / ".join(models)
     header = ["threshold"]
-    for key in SWEEP_COLUMNS:
-        header.extend(f"{key} ({m})" if len(models) > 1 else key for m in models)
+    for key in keys:
+        if compact and len(models) > 1:
+            header.append(f"{key} ({names})")
+        else:
+            header.extend(f"{key} ({m})" if len(models) > 1 else key for m in models)
     thresholds = [row["threshold"] for row in next(iter(models.values()))["threshold_sweep"]]
     rows = []
     for index, threshold in enumerate(thresholds):
         row = [f"{threshold:g}"]
-        for key in SWEEP_COLUMNS:
+        for key in keys:
+            cells = []
             for block in models.values():
                 cell = _fmt(block["threshold_sweep"][index][key])
                 best = block.get("best_threshold") or {}
                 if key == "cgF1" and best.get("threshold") == threshold:
-                    cell += " *"
-                row.append(cell)
+                    cell += "*"
+                cells.append(cell)
+            row.extend([" / ".join(cells)] if compact else cells)
         rows.append(row)
     return header, rows
 
@@ -181,14 +191,19 @@ def comparison_tables(metrics: dict[str, Any]) -> list[Table]:
     for (header, rows), table_title in (
         (overall_rows(metrics), title),
         (category_rows(metrics, CONSOLE_PER_CATEGORY), "per category (all numbers: report.md)"),
-        (sweep_rows(metrics), "by score threshold (* = best cgF1: pass it to predict --threshold)"),
+        (
+            sweep_rows(metrics, CONSOLE_SWEEP_COLUMNS, compact=True),
+            "by score threshold (* = best cgF1: an operating point for predict --threshold)",
+        ),
     ):
         if not header:
             continue
         table = Table(title=table_title)
         for column in header:
             table.add_column(
-                column, justify="left" if column in ("metric", "category") else "right"
+                column,
+                justify="left" if column in ("metric", "category") else "right",
+                overflow="fold",
             )
         for row in rows:
             table.add_row(*row)
