@@ -58,6 +58,13 @@ def main() -> None:
         "makes 20 px shapes sub-token and the tiny model learns far slower)",
     )
     parser.add_argument("--init_from", help="start from this model folder instead of random")
+    parser.add_argument(
+        "--distractors",
+        nargs="*",
+        default=[],
+        help="shapes drawn in the build images but never named (e.g. star): the model sees "
+        "them and learns they are none of its categories",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("accelerate", "matplotlib"):
@@ -92,6 +99,7 @@ def main() -> None:
                     "num_val": args.num_val,
                     "seed": args.seed,
                     "image_size": 256,
+                    "distractors": args.distractors,
                 },
                 "num_negative_prompts": 1,
                 "augment": args.augment,

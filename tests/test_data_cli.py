@@ -107,8 +107,12 @@ def test_yolo_and_split_commands(tmp_path: Path, capsys) -> None:
 def test_synth_calls_generator_lazily(tmp_path: Path, monkeypatch) -> None:
     calls = {}
 
-    def fake(output_dir, num_train, num_val, seed, style="plain", image_size=256, size_range=None):
+    def fake(
+        output_dir, num_train, num_val, seed, style="plain", image_size=256, size_range=None,
+        distractors=(),
+    ):  # fmt: skip
         calls.update(output_dir=output_dir, num_train=num_train, style=style, size=image_size)
+        calls.update(distractors=distractors)
         return Path(output_dir)
 
     module = types.ModuleType("sam3_lora.data.synthetic")
@@ -124,14 +128,20 @@ def test_synth_calls_generator_lazily(tmp_path: Path, monkeypatch) -> None:
             "3",
             "--num_val",
             "1",
-            "--style",
-            "shifted",
             "--image_size",
             "64",
+            "--distractors",
+            "star",
         ]
     )
     assert code == 0
-    assert calls == {"output_dir": tmp_path, "num_train": 3, "style": "shifted", "size": 64}
+    assert calls == {
+        "output_dir": tmp_path,
+        "num_train": 3,
+        "style": "plain",
+        "size": 64,
+        "distractors": ("star",),
+    }
 
 
 @pytest.mark.parametrize("args", [["data"], ["data", "nonsense"]])

@@ -122,6 +122,34 @@ def test_absent_shapes_occlusion_and_new_shape_occur() -> None:
     assert absent > 10 and occluded > 0 and stars > 10
 
 
+def test_distractors_are_drawn_but_never_annotated(tmp_path: Path) -> None:
+    """A plain dataset with star distractors: stars in the pixels, not in the annotations."""
+    root = generate_shapes_dataset(
+        tmp_path / "distract", seed=2, distractors=("star",), **{**SMALL, "num_train": 12}
+    )
+    coco = _load(root, "train")
+    assert [c["name"] for c in coco["categories"]] == ["circle", "rectangle", "triangle"]
+    assert json.loads((root / PARAMS_FILE).read_text())["distractors"] == ["star"]
+    stars = unlabelled_pixels = 0
+    by_image = _instances_by_image(coco)
+    for index, image in enumerate(coco["images"]):
+        rng = np.random.default_rng([2, 0, 0, index])  # seed, style plain, split train, index
+        pixels, instances = draw_shapes_image(rng, "plain", 96, (2, 5), (12, 32), ("star",))
+        saved = np.asarray(Image.open(root / "train" / image["file_name"]).convert("RGB"))
+        assert np.array_equal(pixels, saved)
+        named = [i for i in instances if i.category != "star"]
+        assert len(by_image[image["id"]]) == len(named)
+        stars += len(instances) - len(named)
+        for instance in instances:
+            if instance.category == "star":  # painted in its colour, outside every annotation
+                assert (saved[instance.mask] == instance.colour).all()
+                unlabelled_pixels += int(instance.mask.sum())
+    assert stars > 3 and unlabelled_pixels > 0
+    # Without distractors the params file keeps its old form, so existing datasets stay valid.
+    plain = generate_shapes_dataset(tmp_path / "plain", seed=2, **SMALL)
+    assert "distractors" not in json.loads((plain / PARAMS_FILE).read_text())
+
+
 def test_ensure_reuses_and_regenerates(tmp_path: Path) -> None:
     options = {**SMALL, "num_train": 2, "num_val": 1}
     root = ensure_shapes_dataset(tmp_path / "shapes", **options)
@@ -153,6 +181,8 @@ def test_refuses_foreign_folder(tmp_path: Path) -> None:
         {"seed": -1},
         {"num_train": 0},
         {"colour": "red"},
+        {"distractors": ("hexagon",)},
+        {"style": "shifted", "distractors": ("star",)},  # star is a category there
     ],
 )
 def test_bad_parameters_raise_config_error(tmp_path: Path, bad: dict) -> None:

@@ -118,6 +118,9 @@ class SyntheticSettings(_Section):
     size_range: tuple[int, int] | None = Field(
         None, description="shape sizes in pixels (min, max); null = 40-110 scaled from 256 px"
     )
+    distractors: list[str] = Field(
+        default_factory=list, description="shapes drawn but never annotated (e.g. [star])"
+    )
 
 
 class DataSettings(_Section):

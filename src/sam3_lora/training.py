@@ -54,6 +54,7 @@ def synthetic_root(config: Config) -> Path | None:
         style=synthetic.style,
         size_range=synthetic.size_range,
         image_size=synthetic.image_size,
+        distractors=tuple(synthetic.distractors),
     )
 
 

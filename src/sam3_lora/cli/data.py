@@ -141,6 +141,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar=("MIN", "MAX"),
         help="shape sizes in pixels (default: 40 110 at 256 px, scaled with --image_size)",
     )
+    synth.add_argument(
+        "--distractors",
+        nargs="*",
+        default=[],
+        metavar="SHAPE",
+        help="shapes drawn but never annotated (plain style: star)",
+    )
     synth.set_defaults(func=_synth)
 
     parser.set_defaults(func=lambda args: _help(parser))
@@ -403,6 +410,7 @@ def _synth(args: argparse.Namespace) -> int:
         style=args.style,
         image_size=args.image_size,
         size_range=tuple(args.size_range) if args.size_range else None,
+        distractors=tuple(args.distractors),
     )
     console.print(f"[green]synthetic dataset[/green] written to {path}")
     return 0

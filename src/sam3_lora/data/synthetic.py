@@ -9,6 +9,10 @@ Two styles share the category ids 1-3 (circle, rectangle, triangle):
   below the shapes' own contrast); shape colours are muted or dark (the complement of
   the plain colour region); and a fourth category, ``star`` (id 4), appears.
 
+``distractors`` adds shapes that are drawn but never annotated (e.g. ``("star",)`` in the plain
+style): a model trained on them sees those shapes, learns that they are none of the named
+categories, but is never told their name.
+
 Shapes may overlap; each mask is the visible part of its shape (later shapes occlude earlier
 ones), and the box and area are computed from that mask, so the three agree exactly. Placements
 that would hide more than ``1 - MIN_VISIBLE_FRACTION`` of an earlier shape are re-drawn; an
@@ -44,6 +48,7 @@ STYLES = ("plain", "shifted")
 PLAIN_SHAPES = ("circle", "rectangle", "triangle")
 NEW_SHAPE = "star"
 SHAPES_BY_STYLE = {"plain": PLAIN_SHAPES, "shifted": (*PLAIN_SHAPES, NEW_SHAPE)}
+ALL_SHAPES = (*PLAIN_SHAPES, NEW_SHAPE)
 SPLITS = ("train", "valid")
 ANNOTATION_FILE = "_annotations.coco.json"
 PARAMS_FILE = "synth_params.json"
@@ -84,6 +89,7 @@ def generate_shapes_dataset(
     image_size: int = 256,
     shapes_per_image: tuple[int, int] = (2, 5),
     size_range: tuple[int, int] | None = None,
+    distractors: tuple[str, ...] = (),
     progress: bool = True,
 ) -> Path:
     """Write a synthetic shapes dataset in Roboflow COCO layout.
@@ -101,15 +107,17 @@ def generate_shapes_dataset(
         size_range: Inclusive range of shape sizes in pixels: circle diameter, rectangle sides,
             diameter of the circle around a triangle or star. None: ``DEFAULT_SIZE_RANGE``
             scaled by ``image_size / 256``.
+        distractors: Shapes drawn among the others but not annotated (not categories).
         progress: Show a tqdm progress bar.
 
     Returns:
         ``output_dir`` as a Path.
     """
     params = _check_params(
-        num_train, num_val, seed, style, image_size, shapes_per_image, size_range
+        num_train, num_val, seed, style, image_size, shapes_per_image, size_range, distractors
     )
     size_range = tuple(params["size_range"])
+    distractors = tuple(params.get("distractors", ()))
     output_dir = Path(output_dir)
     _prepare_output_dir(output_dir)
     # Written first as incomplete, so an interrupted run is still recognised as ours.
@@ -129,7 +137,7 @@ def generate_shapes_dataset(
         for index in range(counts[split]):
             rng = np.random.default_rng([seed, STYLES.index(style), split_index, index])
             pixels, instances = draw_shapes_image(
-                rng, style, image_size, shapes_per_image, size_range
+                rng, style, image_size, shapes_per_image, size_range, distractors
             )
             file_name = f"shapes_{index:05d}.png"
             Image.fromarray(pixels).save(split_dir / file_name, compress_level=1)
@@ -137,6 +145,8 @@ def generate_shapes_dataset(
                 {"id": index, "file_name": file_name, "width": image_size, "height": image_size}
             )
             for instance in instances:
+                if instance.category not in category_ids:
+                    continue  # a distractor
                 annotations.append(
                     _coco_annotation(len(annotations), index, category_ids, instance)
                 )
@@ -186,18 +196,20 @@ def draw_shapes_image(
     image_size: int = 256,
     shapes_per_image: tuple[int, int] = (2, 5),
     size_range: tuple[int, int] | None = None,
+    distractors: tuple[str, ...] = (),
 ) -> tuple[np.ndarray, list[ShapeInstance]]:
     """Draw one image (``size_range`` None: the default for ``image_size``).
 
     Returns:
-        ``(pixels, instances)``: uint8 ``[H, W, 3]`` and the visible instances, bottom first.
+        ``(pixels, instances)``: uint8 ``[H, W, 3]`` and the visible instances, bottom first,
+        distractors included (their ``category`` is not one of the style's categories).
     """
     size_range = size_range or default_size_range(image_size)
     background, reference_colours = _draw_background(rng, style, image_size)
     for _ in range(_LAYOUT_TRIES):
         num_shapes = int(rng.integers(shapes_per_image[0], shapes_per_image[1] + 1))
         instances = _layout_shapes(
-            rng, style, num_shapes, image_size, size_range, reference_colours
+            rng, style, num_shapes, image_size, size_range, reference_colours, distractors
         )
         if len(instances) >= shapes_per_image[0]:
             break
@@ -225,9 +237,10 @@ def _layout_shapes(
     image_size: int,
     size_range: tuple[int, int],
     reference_colours: list[np.ndarray],
+    distractors: tuple[str, ...] = (),
 ) -> list[ShapeInstance]:
     """Place shapes one over another; return those still visible enough, bottom first."""
-    names = SHAPES_BY_STYLE[style]
+    names = (*SHAPES_BY_STYLE[style], *distractors)
     labels = np.zeros((image_size, image_size), dtype=np.int16)  # 0 background, k+1 shape k
     masks: list[np.ndarray] = []
     colours: list[tuple[int, int, int]] = []
@@ -401,6 +414,7 @@ def _check_params(
     image_size: int,
     shapes_per_image: tuple[int, int],
     size_range: tuple[int, int] | None,
+    distractors: tuple[str, ...] | list[str] = (),
 ) -> dict[str, Any]:
     """Validate generator arguments; return them as a JSON-ready dict."""
     if style not in STYLES:
@@ -425,7 +439,15 @@ def _check_params(
             f"size_range={size_range!r} must be (min, max) with 4 <= min <= max <= "
             f"image_size ({image_size})."
         )
-    return {
+    distractors = list(dict.fromkeys(distractors or ()))
+    for name in distractors:
+        if name not in ALL_SHAPES or name in SHAPES_BY_STYLE[style]:
+            unused = [n for n in ALL_SHAPES if n not in SHAPES_BY_STYLE[style]]
+            raise ConfigError(
+                f"distractors: {name!r} is not a shape the {style!r} style leaves unnamed; "
+                f"choose from {unused}."
+            )
+    params = {
         "generator_version": GENERATOR_VERSION,
         "num_train": int(num_train),
         "num_val": int(num_val),
@@ -435,6 +457,9 @@ def _check_params(
         "shapes_per_image": [low, high],
         "size_range": [small, large],
     }
+    if distractors:  # absent from older params files, which stay valid
+        params["distractors"] = distractors
+    return params
 
 
 def _pair(name: str, value: Any) -> tuple[int, int]:
