@@ -2,7 +2,7 @@
 
 End to end on the shipped tiny SAM3: generates the shifted dataset, validates the base model,
 trains the LoRA adapter for the full 800 steps, and must end measurably better than the base on
-the new domain. The slowest test of the suite (about 3.5 minutes on 2 CPU cores).
+the new domain. The slowest test of the suite (about 4 minutes on 2 CPU cores).
 """
 
 from __future__ import annotations
@@ -32,5 +32,6 @@ def test_readme_quick_start_adapts_the_tiny_sam3(
     base, adapted = summary["base_metrics"], summary["final_metrics"]
     assert summary["steps"] == 800
     assert adapted["val/loss"] < 0.8 * base["val/loss"], (base, adapted)
-    assert adapted["val/top1_iou"] > base["val/top1_iou"] + 0.06, (base, adapted)
+    assert adapted["val/top1_iou"] > base["val/top1_iou"] + 0.1, (base, adapted)
     assert adapted["val/fp_prompt_rate"] < 0.3 * base["val/fp_prompt_rate"], (base, adapted)
+    assert adapted["val/giou"] > base["val/giou"] + 0.05, (base, adapted)
