@@ -100,7 +100,11 @@ def test_evaluate_compares_base_and_adapter(
     for key in ("absent_fire_rate", "negative_fire_rate"):
         values = [row[key] for row in sweep]
         assert values == sorted(values, reverse=True), key
-    assert adapter["best_threshold"]["cgF1"] == max(row["cgF1"] for row in sweep)
+    best_cgf1 = max(row["cgF1"] for row in sweep)
+    if best_cgf1 > 0:
+        assert adapter["best_threshold"]["cgF1"] == best_cgf1
+    else:  # a random adapter may find nothing at any threshold: then nothing is recommended
+        assert adapter["best_threshold"] is None
     assert "by score threshold" in printed
     assert (tmp_path / "threshold_sweep.png").stat().st_size > 0
     assert "## By score threshold" in (tmp_path / "report.md").read_text()
@@ -193,6 +197,7 @@ def test_ground_truth_as_predictions_scores_perfectly(shapes_dir: Path) -> None:
     assert overall["IL_MCC"] == pytest.approx(1.0, abs=1e-3)
     assert overall["absent_fire_rate"] == 0.0
     assert overall["gIoU"] == 1.0
+    assert oracle["best_threshold"]["cgF1"] == pytest.approx(1.0, abs=1e-3)
     for row in oracle["threshold_sweep"]:
         assert row["cgF1"] == pytest.approx(1.0, abs=1e-3) and row["gIoU"] == 1.0
 
@@ -207,7 +212,9 @@ def test_ground_truth_as_predictions_scores_perfectly(shapes_dir: Path) -> None:
         "silent", "nothing", results=[], pairs=silent_pairs, negative_fires=[False],
         negative_scores=[0.0],
     )  # fmt: skip
-    silent = compute_metrics(gt, empty, threshold=0.5, names=names)["overall"]
+    silent_block = compute_metrics(gt, empty, threshold=0.5, names=names)
+    assert silent_block["best_threshold"] is None  # nothing found at any threshold
+    silent = silent_block["overall"]
     assert silent["segm/AP"] == 0.0 and silent["cgF1"] == 0.0
     absent = sum(not p["has_gt"] for p in pairs)
     assert silent["gIoU"] == pytest.approx((absent + 1) / (len(pairs) + 1))

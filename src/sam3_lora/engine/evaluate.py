@@ -252,6 +252,8 @@ def compute_metrics(
         }
     sweep = threshold_sweep(gt, run)
     best = max(sweep, key=lambda row: row["cgF1"]) if sweep else None
+    if best is not None and not best["cgF1"] > 0:
+        best = None  # no threshold finds anything: no operating point to recommend
     return {
         "source": run.source,
         "overall": overall,
