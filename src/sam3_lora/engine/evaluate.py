@@ -52,16 +52,6 @@ COCO_KEYS = ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large", "AR@100"
 CGF1_KEYS = ("cgF1", "cgF1@50", "cgF1@75", "positive_micro_F1", "IL_MCC")
 #: Score thresholds of the sweep; the configured threshold is added when it is not among them.
 SWEEP_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-SWEEP_KEYS = (
-    "cgF1",
-    "positive_micro_F1",
-    "IL_MCC",
-    "gIoU",
-    "mIoU",
-    "Dice",
-    "absent_fire_rate",
-    "negative_fire_rate",
-)
 
 
 @dataclass
@@ -165,10 +155,7 @@ def run_model(
                             "score": float(score),
                         }
                     )
-                swept = [
-                    union_iou_dice(prediction.masks[prediction.scores >= t], gt[category.id])
-                    for t in sweep
-                ]
+                swept = _sweep_iou_dice(prediction, gt[category.id], sweep)
                 iou, dice = swept[sweep.index(threshold)]
                 ious.append(iou)
                 run.pairs.append(
@@ -196,6 +183,21 @@ def run_model(
 
 def _fires(prediction: PromptPrediction, threshold: float) -> bool:
     return bool((prediction.scores >= threshold).any())
+
+
+def _sweep_iou_dice(
+    prediction: PromptPrediction, gt_masks: np.ndarray, thresholds: tuple[float, ...]
+) -> list[tuple[float, float]]:
+    """Union IoU and Dice at each threshold; thresholds that keep the same masks share one."""
+    by_kept: dict[tuple[bool, ...], tuple[float, float]] = {}
+    values = []
+    for threshold in thresholds:
+        keep = prediction.scores >= threshold
+        key = tuple(bool(k) for k in keep)
+        if key not in by_kept:
+            by_kept[key] = union_iou_dice(prediction.masks[keep], gt_masks)
+        values.append(by_kept[key])
+    return values
 
 
 def _best_score(prediction: PromptPrediction) -> float:
