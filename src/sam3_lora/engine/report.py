@@ -113,6 +113,10 @@ def category_rows(
     return header, rows
 
 
+def _swept_models(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {m: block for m, block in metrics["models"].items() if block.get("threshold_sweep")}
+
+
 def sweep_rows(
     metrics: dict[str, Any], keys: tuple[str, ...] = SWEEP_COLUMNS, compact: bool = False
 ) -> tuple[list[str], list[list[str]]]:
@@ -121,7 +125,7 @@ def sweep_rows(
     The best-cgF1 threshold of each model is marked with ``*``. ``compact`` puts every model's
     value of a metric in one cell (``base / adapter``), for narrow consoles.
     """
-    models = {m: block for m, block in metrics["models"].items() if block.get("threshold_sweep")}
+    models = _swept_models(metrics)
     if not models:
         return [], []
     names = " / ".join(models)
@@ -150,7 +154,7 @@ def sweep_rows(
 
 def plot_threshold_sweep(metrics: dict[str, Any], output_path: str | Path) -> Path | None:
     """cgF1, gIoU, mIoU and false alarms against the score threshold, one line per model."""
-    models = {m: block for m, block in metrics["models"].items() if block.get("threshold_sweep")}
+    models = _swept_models(metrics)
     if not models:
         return None
     import matplotlib

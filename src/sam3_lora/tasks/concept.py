@@ -309,7 +309,6 @@ def summarize_validation(steps: list[dict[str, Tensor]]) -> dict[str, float]:
         metrics["val/top1_iou"] = merged["top1_iou"][has_target].mean().item()
     if (~has_target).any():
         metrics["val/fp_prompt_rate"] = merged["fires"][~has_target].mean().item()
-    # gRefCOCO's gIoU: every prompt counts, a no-target prompt answered with nothing scores 1.
     metrics["val/giou"] = merged["iou"].mean().item()
     metrics["val/presence_accuracy"] = merged["presence_correct"].mean().item()
     metrics["val/prompts"] = float(len(has_target))
