@@ -157,32 +157,30 @@ def run_model(
                     )
                 swept = _sweep_iou_dice(prediction, gt[category.id], sweep)
                 iou, dice = swept[sweep.index(threshold)]
+                best_score = _best_score(prediction)
                 ious.append(iou)
                 run.pairs.append(
                     {
                         "image_id": image_id,
                         "category_id": category.id,
                         "has_gt": len(gt[category.id]) > 0,
-                        "fires": _fires(prediction, threshold),
+                        "fires": best_score >= threshold,
                         "iou": iou,
                         "dice": dice,
-                        "best_score": _best_score(prediction),
+                        "best_score": best_score,
                         "sweep_iou": [v[0] for v in swept],
                         "sweep_dice": [v[1] for v in swept],
                     }
                 )
             for prediction in per_prompt[len(coco.categories) :]:
-                run.negative_fires.append(_fires(prediction, threshold))
-                run.negative_scores.append(_best_score(prediction))
+                best_score = _best_score(prediction)
+                run.negative_fires.append(best_score >= threshold)
+                run.negative_scores.append(best_score)
             run.image_scores[image_id] = float(np.mean(ious)) if ious else 1.0
         progress.update(len(chunk))
     progress.close()
     run.seconds = time.perf_counter() - started
     return run
-
-
-def _fires(prediction: PromptPrediction, threshold: float) -> bool:
-    return bool((prediction.scores >= threshold).any())
 
 
 def _sweep_iou_dice(
@@ -201,7 +199,8 @@ def _sweep_iou_dice(
 
 
 def _best_score(prediction: PromptPrediction) -> float:
-    return float(prediction.scores.max()) if len(prediction.scores) else 0.0
+    """The prompt's highest score; -inf without predictions, so it fires at no threshold."""
+    return float(prediction.scores.max()) if len(prediction.scores) else float("-inf")
 
 
 def _describe(predictor: SAM3LoRAInference, name: str) -> str:
@@ -234,9 +233,8 @@ def compute_metrics(
     overall["Dice"] = _mean([p["dice"] for p in positive])
     overall["absent_fire_rate"] = _mean([float(p["fires"]) for p in absent])
     overall["negative_fire_rate"] = _mean([float(f) for f in run.negative_fires])
-    overall["gIoU"] = _mean(
-        [p["iou"] for p in run.pairs] + [0.0 if f else 1.0 for f in run.negative_fires]
-    )
+    sweep = threshold_sweep(gt, run, known_cgf1={threshold: cgf1["segm"]})
+    overall["gIoU"] = sweep[run.sweep_thresholds.index(threshold)]["gIoU"]
 
     per_category_cgf1 = cgf1_per_category(gt, run.results, "segm", threshold)
     per_category = {}
@@ -252,7 +250,6 @@ def compute_metrics(
             "absent_fire_rate": _mean([float(p["fires"]) for p in pairs if not p["has_gt"]]),
             "images_with_gt": sum(p["has_gt"] for p in pairs),
         }
-    sweep = threshold_sweep(gt, run)
     best = max(sweep, key=lambda row: row["cgF1"]) if sweep else None
     if best is not None and not best["cgF1"] > 0:
         best = None  # no threshold finds anything: no operating point to recommend
@@ -272,13 +269,19 @@ def compute_metrics(
     }
 
 
-def threshold_sweep(gt: dict[str, Any], run: ModelRun) -> list[dict[str, float]]:
-    """The thresholded metrics of ``run`` at each of its sweep thresholds, one row each."""
+def threshold_sweep(
+    gt: dict[str, Any], run: ModelRun, known_cgf1: dict[float, dict[str, float]] | None = None
+) -> list[dict[str, float]]:
+    """The thresholded metrics of ``run`` at each of its sweep thresholds, one row each.
+
+    ``known_cgf1`` maps thresholds to :func:`cgf1_metrics` results already computed (masks).
+    """
+    known_cgf1 = known_cgf1 or {}
     positive = [p for p in run.pairs if p["has_gt"]]
     absent = [p for p in run.pairs if not p["has_gt"]]
     rows = []
     for index, threshold in enumerate(run.sweep_thresholds):
-        cgf1 = cgf1_metrics(gt, run.results, "segm", threshold)
+        cgf1 = known_cgf1.get(threshold) or cgf1_metrics(gt, run.results, "segm", threshold)
         negative_ok = [float(s < threshold) for s in run.negative_scores]
         rows.append(
             {
