@@ -140,6 +140,63 @@ def test_aliases_and_all() -> None:
     assert _adapted_modules(model) == linears
 
 
+def test_components_own_the_scoring_head_and_text_projection() -> None:
+    """The detector's classification head belongs to ``detr_decoder`` and the projection of the
+    text features into the detector to ``text_encoder``: `all` adapts them, and the parameter
+    report counts them there."""
+    base = create_tiny_sam3().model
+    decoder_and_text = LoraSettings(
+        target_modules=["all"],
+        apply_to_vision_encoder=False,
+        apply_to_mask_decoder=False,
+        apply_to_text_encoder=True,
+        apply_to_detr_decoder=True,
+    )
+    targets = resolve_targets(base, decoder_and_text).by_component()
+    assert "text_projection" in targets["text_encoder"]
+    assert {"dot_product_scoring.query_proj", "dot_product_scoring.text_proj"} <= set(
+        targets["detr_decoder"]
+    )
+    model = apply_lora_to_model(base, decoder_and_text)
+    assert {"text_projection", "dot_product_scoring.query_proj"} <= _adapted_modules(model)
+    rows = {row.component: row for row in parameter_report(model).rows}
+    assert set(rows) == {
+        "vision_encoder",
+        "text_encoder",
+        "geometry_encoder",
+        "detr_encoder",
+        "detr_decoder",
+        "mask_decoder",
+    }
+    assert rows["detr_decoder"].adapted_modules == len(targets["detr_decoder"])
+
+    # Named targets follow the same ownership, and never reach another component's modules.
+    named = resolve_targets(
+        create_tiny_sam3().model,
+        LoraSettings(
+            target_modules=["query_proj", "text_projection", "q_proj"],
+            apply_to_vision_encoder=False,
+            apply_to_mask_decoder=False,
+            apply_to_text_encoder=True,
+            apply_to_detr_decoder=True,
+        ),
+    )
+    assert "dot_product_scoring.query_proj" in named.module_names
+    assert "text_projection" in named.module_names
+    assert not any(n.startswith(("vision_encoder", "mask_decoder")) for n in named.module_names)
+    model = apply_lora_to_model(
+        create_tiny_sam3().model,
+        LoraSettings(
+            target_modules=["query_proj", "text_projection", "q_proj"],
+            apply_to_vision_encoder=False,
+            apply_to_mask_decoder=False,
+            apply_to_text_encoder=True,
+            apply_to_detr_decoder=True,
+        ),
+    )
+    assert _adapted_modules(model) == set(named.module_names)
+
+
 def test_selection_errors() -> None:
     base = create_tiny_sam3().model
     with pytest.raises(ConfigError, match="`qproj` matches no linear layer in vision_encoder"):

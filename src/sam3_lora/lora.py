@@ -35,6 +35,20 @@ TARGET_ALIASES = {
     "linear1": ("fc1",),
     "linear2": ("fc2",),
 }
+#: The top-level ``Sam3Model`` modules each component flag covers. ``text_projection`` maps the
+#: text encoder's output into the detector (Meta's text-encoder "resizer"); ``dot_product_scoring``
+#: is the detector's classification head, which turns the decoder's queries into the scores.
+COMPONENT_MODULES: dict[str, tuple[str, ...]] = {
+    "vision_encoder": ("vision_encoder",),
+    "text_encoder": ("text_encoder", "text_projection"),
+    "geometry_encoder": ("geometry_encoder",),
+    "detr_encoder": ("detr_encoder",),
+    "detr_decoder": ("detr_decoder", "dot_product_scoring"),
+    "mask_decoder": ("mask_decoder",),
+}
+_COMPONENT_OF_MODULE = {
+    module: component for component, modules in COMPONENT_MODULES.items() for module in modules
+}
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 
@@ -49,7 +63,7 @@ class LoraTargets:
     def by_component(self) -> dict[str, list[str]]:
         grouped: dict[str, list[str]] = {name: [] for name in COMPONENTS}
         for name in self.module_names:
-            grouped[name.split(".", 1)[0]].append(name)
+            grouped[_component_of(name)].append(name)
         return grouped
 
 
@@ -57,7 +71,7 @@ def _linear_modules(model: torch.nn.Module, components: list[str]) -> dict[str, 
     return {
         name: module
         for name, module in model.named_modules()
-        if isinstance(module, torch.nn.Linear) and name.split(".", 1)[0] in components
+        if isinstance(module, torch.nn.Linear) and _component_of(name) in components
     }
 
 
@@ -89,7 +103,9 @@ def resolve_targets(model: torch.nn.Module, settings: LoraSettings) -> LoraTarge
             )
         leaf_names.extend(name for name in expanded if name not in leaf_names)
     names = tuple(sorted(n for n in linears if n.rsplit(".", 1)[-1] in leaf_names))
-    regex = rf"^({'|'.join(components)})\..*\.({'|'.join(leaf_names)})$"
+    owners = [module for component in components for module in COMPONENT_MODULES[component]]
+    # A name that starts with one of the components' modules and ends with a target leaf.
+    regex = rf"^(?=({'|'.join(owners)})(\.|$))(.*\.)?({'|'.join(leaf_names)})$"
     return LoraTargets(names, regex)
 
 
@@ -218,11 +234,13 @@ def count_parameters(model: torch.nn.Module) -> dict[str, float]:
     return {"total": report.total, "trainable": report.trainable, "percent": report.percent}
 
 
-def _component_of(parameter_name: str) -> str:
-    parts = parameter_name.split(".")
+def _component_of(name: str) -> str:
+    """The component flag that covers a module or parameter name (its top-level module when
+    no flag does)."""
+    parts = name.split(".")
     if parts[:2] == ["base_model", "model"]:
         parts = parts[2:]
-    return parts[0]
+    return _COMPONENT_OF_MODULE.get(parts[0], parts[0])
 
 
 def _component_order(component: str) -> tuple[int, str]:
