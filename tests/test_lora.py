@@ -207,6 +207,8 @@ def test_selection_errors() -> None:
         )
     with pytest.raises(ConfigError, match="modules_to_save: `nope`"):
         apply_lora_to_model(base, LoraSettings(modules_to_save=["nope"]))
+    with pytest.raises(ConfigError, match="no LoRA layer is left"):
+        apply_lora_to_model(base, LoraSettings(modules_to_save=["vision_encoder", "mask_decoder"]))
 
 
 def test_peft_options_pass_through() -> None:

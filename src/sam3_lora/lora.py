@@ -133,8 +133,23 @@ def apply_lora_to_model(model: torch.nn.Module, settings: LoraSettings | None = 
         for name in settings.modules_to_save:
             if not any(k == name or k.endswith("." + name) for k in known):
                 raise ConfigError(f"lora.modules_to_save: `{name}` is not a module of the model")
+        targets = resolve_targets(model, settings).module_names
+        if all(_inside_any(name, settings.modules_to_save) for name in targets):
+            raise ConfigError(
+                "lora.modules_to_save: every LoRA target lies inside a module that is trained "
+                f"whole ({', '.join(settings.modules_to_save)}), so no LoRA layer is left; "
+                "select another component with lora.apply_to_* or save fewer modules"
+            )
     peft_config = build_peft_config(model, settings)
     return get_peft_model(model, peft_config)
+
+
+def _inside_any(module_name: str, saved: list[str]) -> bool:
+    """Whether ``module_name`` is, or lies inside, a module that PEFT's ``modules_to_save``
+    entries name (an entry matches a module whose name ends with it)."""
+    parts = module_name.split(".")
+    prefixes = {".".join(parts[:i]) for i in range(1, len(parts) + 1)}
+    return any(p == key or p.endswith("." + key) for p in prefixes for key in saved)
 
 
 @dataclass(frozen=True)
