@@ -227,3 +227,20 @@ def test_default_size_range_scales_with_the_image(tmp_path: Path) -> None:
     assert default_size_range(256) == DEFAULT_SIZE_RANGE
     root = ensure_shapes_dataset(tmp_path / "small", num_train=2, num_val=1, image_size=64)
     assert json.loads((root / PARAMS_FILE).read_text())["size_range"] == [10, 28]
+
+
+def test_textures_never_camouflage_a_shape() -> None:
+    """Each shifted texture stays below the shapes' own contrast: the background pixels that touch
+    a shape differ from its colour everywhere (5th percentile of the RGB distance)."""
+    from scipy.ndimage import binary_dilation
+
+    for index in range(40):
+        rng = np.random.default_rng([5, index])
+        pixels, instances = draw_shapes_image(rng, "shifted", 128, (2, 4), (16, 48))
+        covered = np.any([i.mask for i in instances], axis=0)
+        for instance in instances:
+            ring = binary_dilation(instance.mask, iterations=2) & ~covered
+            if ring.sum() < 20:
+                continue
+            distance = np.linalg.norm(pixels[ring].astype(float) - instance.colour, axis=1)
+            assert np.percentile(distance, 5) > 55, (index, instance.category)

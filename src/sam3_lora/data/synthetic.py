@@ -52,7 +52,7 @@ ALL_SHAPES = (*PLAIN_SHAPES, NEW_SHAPE)
 SPLITS = ("train", "valid")
 ANNOTATION_FILE = "_annotations.coco.json"
 PARAMS_FILE = "synth_params.json"
-GENERATOR_VERSION = 3  # bump when drawing changes, so ensure_shapes_dataset regenerates
+GENERATOR_VERSION = 4  # bump when drawing changes, so ensure_shapes_dataset regenerates
 
 # Default shape sizes at 256 px, scaled with the image: 40-110 px span 1.3-3.5 of the tiny
 # SAM3's 28 px tokens at 224 px.
@@ -64,6 +64,7 @@ MIN_SHAPE_CONTRAST = 60.0  # ... between two shapes of one image
 # The two colours of a shifted texture differ by this much: the texture stays visible, and
 # below the shape contrast so that shapes are not camouflaged by it.
 TEXTURE_CONTRAST = (40.0, 80.0)
+GRAIN_MAX_STD = 8.0  # per-pixel noise of the noise texture, per channel
 VIVID = 0.55  # plain colours have HSV saturation and value >= VIVID; shifted colours do not
 _PLACEMENT_TRIES = 30
 _COLOUR_TRIES = 100
@@ -346,19 +347,15 @@ def _draw_background(
         t = (along - along.min()) / max(np.ptp(along), 1e-6)
         pixels = first * (1 - t[..., None]) + second * t[..., None]
         references = [first + (second - first) * f for f in np.linspace(0, 1, 5)]
-    else:  # noise: coarse blotches plus per-pixel grain around one base colour
+    else:  # noise: coarse blotches between the two colours, plus per-pixel grain
         grid = int(rng.integers(4, 12))
-        coarse = rng.normal(0, 1, size=(grid, grid, 3)).astype(np.float32)
-        blotches = np.stack(
-            [
-                np.asarray(Image.fromarray(coarse[..., c]).resize((image_size,) * 2, Image.BICUBIC))
-                for c in range(3)
-            ],
-            axis=-1,
-        )
-        grain = rng.normal(0, rng.uniform(8, 25), size=(image_size, image_size, 3))
-        pixels = first + rng.uniform(15, 40) * blotches + grain
-        references = [first]
+        coarse = rng.uniform(0, 1, size=(grid, grid)).astype(np.float32)
+        blotches = np.asarray(
+            Image.fromarray(coarse).resize((image_size,) * 2, Image.BICUBIC), dtype=np.float64
+        ).clip(0, 1)
+        grain = rng.normal(0, rng.uniform(3, GRAIN_MAX_STD), size=(image_size, image_size, 3))
+        pixels = first + (second - first) * blotches[..., None] + grain
+        references = [first + (second - first) * f for f in np.linspace(0, 1, 5)]
     return np.clip(np.rint(pixels), 0, 255).astype(np.uint8), references
 
 
