@@ -171,29 +171,14 @@ def test_components_own_the_scoring_head_and_text_projection() -> None:
     assert rows["detr_decoder"].adapted_modules == len(targets["detr_decoder"])
 
     # Named targets follow the same ownership, and never reach another component's modules.
-    named = resolve_targets(
-        create_tiny_sam3().model,
-        LoraSettings(
-            target_modules=["query_proj", "text_projection", "q_proj"],
-            apply_to_vision_encoder=False,
-            apply_to_mask_decoder=False,
-            apply_to_text_encoder=True,
-            apply_to_detr_decoder=True,
-        ),
+    named_settings = decoder_and_text.model_copy(
+        update={"target_modules": ["query_proj", "text_projection", "q_proj"]}
     )
+    named = resolve_targets(create_tiny_sam3().model, named_settings)
     assert "dot_product_scoring.query_proj" in named.module_names
     assert "text_projection" in named.module_names
     assert not any(n.startswith(("vision_encoder", "mask_decoder")) for n in named.module_names)
-    model = apply_lora_to_model(
-        create_tiny_sam3().model,
-        LoraSettings(
-            target_modules=["query_proj", "text_projection", "q_proj"],
-            apply_to_vision_encoder=False,
-            apply_to_mask_decoder=False,
-            apply_to_text_encoder=True,
-            apply_to_detr_decoder=True,
-        ),
-    )
+    model = apply_lora_to_model(create_tiny_sam3().model, named_settings)
     assert _adapted_modules(model) == set(named.module_names)
 
 

@@ -131,7 +131,7 @@ def apply_lora_to_model(model: torch.nn.Module, settings: LoraSettings | None = 
     if settings.modules_to_save:
         known = {name for name, _ in model.named_modules()}
         for name in settings.modules_to_save:
-            if not any(k == name or k.endswith("." + name) for k in known):
+            if not any(_saved_entry_matches(k, name) for k in known):
                 raise ConfigError(f"lora.modules_to_save: `{name}` is not a module of the model")
         targets = resolve_targets(model, settings).module_names
         if all(_inside_any(name, settings.modules_to_save) for name in targets):
@@ -144,12 +144,16 @@ def apply_lora_to_model(model: torch.nn.Module, settings: LoraSettings | None = 
     return get_peft_model(model, peft_config)
 
 
+def _saved_entry_matches(module_name: str, entry: str) -> bool:
+    """PEFT's rule: a ``modules_to_save`` entry names the modules whose name ends with it."""
+    return module_name == entry or module_name.endswith("." + entry)
+
+
 def _inside_any(module_name: str, saved: list[str]) -> bool:
-    """Whether ``module_name`` is, or lies inside, a module that PEFT's ``modules_to_save``
-    entries name (an entry matches a module whose name ends with it)."""
+    """Whether ``module_name`` is, or lies inside, a module that ``saved`` entries name."""
     parts = module_name.split(".")
-    prefixes = {".".join(parts[:i]) for i in range(1, len(parts) + 1)}
-    return any(p == key or p.endswith("." + key) for p in prefixes for key in saved)
+    enclosing = {".".join(parts[:i]) for i in range(1, len(parts) + 1)}
+    return any(_saved_entry_matches(m, entry) for m in enclosing for entry in saved)
 
 
 @dataclass(frozen=True)
