@@ -185,7 +185,6 @@ def test_ground_truth_as_predictions_scores_perfectly(shapes_dir: Path) -> None:
         "ground truth",
         results=results,
         pairs=pairs,
-        negative_fires=[False],
         negative_scores=[0.0],
     )
     names = {c["id"]: c["name"] for c in gt["categories"]}
@@ -209,8 +208,7 @@ def test_ground_truth_as_predictions_scores_perfectly(shapes_dir: Path) -> None:
         for p in pairs
     ]  # fmt: skip
     empty = ModelRun(
-        "silent", "nothing", results=[], pairs=silent_pairs, negative_fires=[False],
-        negative_scores=[0.0],
+        "silent", "nothing", results=[], pairs=silent_pairs, negative_scores=[0.0],
     )  # fmt: skip
     silent_block = compute_metrics(gt, empty, threshold=0.5, names=names)
     assert silent_block["best_threshold"] is None  # nothing found at any threshold

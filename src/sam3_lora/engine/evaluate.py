@@ -62,7 +62,6 @@ class ModelRun:
     source: str
     results: list[dict[str, Any]] = field(default_factory=list)
     pairs: list[dict[str, Any]] = field(default_factory=list)  # per (image, category)
-    negative_fires: list[bool] = field(default_factory=list)
     negative_scores: list[float] = field(default_factory=list)  # best score per negative prompt
     sweep_thresholds: tuple[float, ...] = SWEEP_THRESHOLDS
     image_scores: dict[int, float] = field(default_factory=dict)  # image_id -> mean pair IoU
@@ -173,9 +172,7 @@ def run_model(
                     }
                 )
             for prediction in per_prompt[len(coco.categories) :]:
-                best_score = _best_score(prediction)
-                run.negative_fires.append(best_score >= threshold)
-                run.negative_scores.append(best_score)
+                run.negative_scores.append(_best_score(prediction))
             run.image_scores[image_id] = float(np.mean(ious)) if ious else 1.0
         progress.update(len(chunk))
     progress.close()
@@ -227,14 +224,10 @@ def compute_metrics(
     cgf1 = {t: cgf1_metrics(gt, run.results, t, threshold) for t in ("segm", "bbox")}
     overall.update({k: cgf1["segm"][k] for k in CGF1_KEYS})
     overall.update({f"bbox/{k}": cgf1["bbox"][k] for k in CGF1_KEYS})
-    positive = [p for p in run.pairs if p["has_gt"]]
-    absent = [p for p in run.pairs if not p["has_gt"]]
-    overall["mIoU"] = _mean([p["iou"] for p in positive])
-    overall["Dice"] = _mean([p["dice"] for p in positive])
-    overall["absent_fire_rate"] = _mean([float(p["fires"]) for p in absent])
-    overall["negative_fire_rate"] = _mean([float(f) for f in run.negative_fires])
     sweep = threshold_sweep(gt, run, known_cgf1={threshold: cgf1["segm"]})
-    overall["gIoU"] = sweep[run.sweep_thresholds.index(threshold)]["gIoU"]
+    at_threshold = sweep[run.sweep_thresholds.index(threshold)]
+    for key in ("mIoU", "Dice", "absent_fire_rate", "negative_fire_rate", "gIoU"):
+        overall[key] = at_threshold[key]
 
     per_category_cgf1 = cgf1_per_category(gt, run.results, "segm", threshold)
     per_category = {}
@@ -263,7 +256,7 @@ def compute_metrics(
         "cgf1_bbox": cgf1["bbox"],
         "coco_segm_stats": {k: coco_stats["segm"][k] for k in COCO_STAT_NAMES},
         "coco_bbox_stats": {k: coco_stats["bbox"][k] for k in COCO_STAT_NAMES},
-        "negative_prompts": len(run.negative_fires),
+        "negative_prompts": len(run.negative_scores),
         "seconds": round(run.seconds, 2),
         "images_per_second": round(len(run.image_scores) / max(run.seconds, 1e-9), 2),
     }
