@@ -297,7 +297,7 @@ def write_reports(
     write_json(files["metrics.json"], _json_safe(metrics), indent=2)
 
     overall, categories, sweep = overall_rows(metrics), category_rows(metrics), sweep_rows(metrics)
-    plot = plot_threshold_sweep(metrics, output_dir / SWEEP_PLOT) if sweep[0] else None
+    plot = plot_threshold_sweep(metrics, output_dir / SWEEP_PLOT)
     if plot is not None:
         files[SWEEP_PLOT] = plot
     best = [
