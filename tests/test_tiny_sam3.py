@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from transformers import Sam3Model
 
+from sam3_lora.config import load_config
 from sam3_lora.data.synthetic import PLAIN_SHAPES, draw_shapes_image
 from sam3_lora.inference import SAM3LoRAInference
 from sam3_lora.models import TINY_SAM3_DIR
@@ -72,3 +73,12 @@ def test_says_none_for_an_absent_shape(measured: dict[str, float]) -> None:
     assert measured["presence_present"] > measured["presence_absent"] + 0.6, measured
     assert measured["fires_absent"] < 0.05, measured
     assert measured["fires_present"] > 0.5, measured
+
+
+def test_quickstart_uses_the_recorded_operating_point() -> None:
+    """configs/quickstart.yaml thresholds at the score the build measured, not at a guess."""
+    info = json.loads((Path(TINY_SAM3_DIR) / "build_info.json").read_text())
+    point = info["operating_point"]
+    best = max(point["sweep"], key=lambda row: row["gIoU"])
+    assert point["score_threshold"] == best["threshold"]
+    assert load_config("quickstart").evaluation.score_threshold == point["score_threshold"]
