@@ -42,6 +42,9 @@ from sam3_lora.tasks.concept import ConceptTask
 from sam3_lora.tasks.losses import LossWeights, Sam3ConceptLoss
 from sam3_lora.training import build_concept_datasets
 
+BUILD_STYLE = "plain"  # the synthetic shapes the tiny model learns from
+BUILD_IMAGE_SIZE = 256
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -114,11 +117,11 @@ def main() -> None:
             "data": {
                 "synthetic": {
                     "output_dir": args.data_dir,
-                    "style": "plain",
+                    "style": BUILD_STYLE,
                     "num_train": args.num_train,
                     "num_val": args.num_val,
                     "seed": args.seed,
-                    "image_size": 256,
+                    "image_size": BUILD_IMAGE_SIZE,
                     "distractors": args.distractors,
                 },
                 "num_negative_prompts": 1,
@@ -205,8 +208,8 @@ def record_operating_point(output: Path, args: argparse.Namespace) -> None:
         num_train=1,
         num_val=built["num_val"],
         seed=built["seed"],
-        style="plain",
-        image_size=256,
+        style=BUILD_STYLE,
+        image_size=BUILD_IMAGE_SIZE,
         distractors=tuple(built.get("distractors", ())),
         progress=False,
     )
