@@ -41,8 +41,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--bboxes", help="exemplar boxes '[[x1,y1,x2,y2], ...]' (pixels)")
     parser.add_argument("--negative_bboxes", help="boxes of what not to find, same format")
-    parser.add_argument("--threshold", type=float, help="score threshold (default 0.5)")
-    parser.add_argument("--mask_threshold", type=float, help="mask threshold (default 0.5)")
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        help="score threshold (default: the config's evaluation.score_threshold, else 0.5)",
+    )
+    parser.add_argument(
+        "--mask_threshold",
+        type=float,
+        help="mask threshold (default: the config's evaluation.mask_threshold, else 0.5)",
+    )
     parser.add_argument(
         "--output",
         type=Path,
@@ -56,7 +64,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="rle",
         help="segmentation format of --save_coco (polygon: easiest to edit by hand)",
     )
-    parser.add_argument("--batch_size", type=int, help="images per forward (default 4)")
+    parser.add_argument(
+        "--batch_size",
+        type=int,
+        help="images per forward (default: the config's evaluation.batch_size, else 4)",
+    )
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     parser.set_defaults(func=run)
 
