@@ -140,6 +140,7 @@ def test_folder_with_a_broken_image_and_coco_auto_labels(
         (["--text_prompt", "circle", "--bboxes", "[[1, 2"], "--bboxes '[[1, 2' is not JSON"),
         (["--weights", "{missing}", "--text_prompt", "circle"], "do not exist"),
         (["--image", "{broken}", "--text_prompt", "circle"], "cannot be decoded"),
+        (["--text_prompt", "circle", "--nms_iou_threshold", "0"], "use a value in (0, 1]"),
     ],
 )
 def test_errors_are_one_clear_line(

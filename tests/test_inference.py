@@ -12,7 +12,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from sam3_lora.errors import AdapterError
-from sam3_lora.inference import PromptError, SAM3LoRAInference, build_prompts
+from sam3_lora.inference import PromptError, SAM3LoRAInference, build_prompts, mask_nms
 from sam3_lora.weights import recorded_base_model
 from tests.adapters import make_tiny_adapter
 
@@ -154,3 +154,28 @@ def test_public_api_is_lazy() -> None:
         "load_config",
     ):
         assert getattr(sam3_lora, name) is not None
+
+
+def test_mask_nms_keeps_the_best_of_overlapping_masks() -> None:
+    masks = torch.zeros(4, 10, 10, dtype=torch.bool)
+    masks[0, 0:6, 0:6] = True  # best score
+    masks[1, 0:6, 1:7] = True  # IoU with 0: 30 / 42 = 0.71
+    masks[2, 5:10, 5:10] = True  # IoU with 0: 1 / 60
+    masks[3, 0:6, 3:9] = True  # IoU with 0: 18 / 54 = 0.33; with 1: 24 / 48 = 0.5
+    assert mask_nms(masks, 0.5).tolist() == [0, 2, 3]  # 3 is compared with kept masks only
+    assert mask_nms(masks, 0.3).tolist() == [0, 2]
+    assert mask_nms(masks, 1.0).tolist() == [0, 1, 2, 3]
+    assert mask_nms(masks[:0], 0.5).tolist() == []
+
+
+def test_nms_removes_duplicate_detections(adapter_dir: Path, image: Image.Image) -> None:
+    """Same model and prompts: NMS only removes detections, keeping the best of each overlap."""
+    plain = SAM3LoRAInference(weights_path=adapter_dir, device="cpu", threshold=0.0)
+    with_nms = SAM3LoRAInference(
+        weights_path=adapter_dir, device="cpu", threshold=0.0, nms_iou_threshold=0.5
+    )
+    before = plain.predict(image, text="circle")
+    after = with_nms.predict(image, text="circle")
+    assert 0 < len(after["scores"]) < len(before["scores"])
+    assert after["scores"][0] == before["scores"][0]
+    assert set(after["scores"].tolist()) <= set(before["scores"].tolist())

@@ -181,6 +181,13 @@ class LossSettings(_Section):
 class EvaluationSettings(_Section):
     score_threshold: float = Field(0.5, ge=0, le=1, description="detection x presence threshold")
     mask_threshold: float = Field(0.5, ge=0, le=1)
+    nms_iou_threshold: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="drop a detection whose mask overlaps a better one of its prompt above this "
+        "IoU (None: off, as in Meta's image model; its video model uses 0.1)",
+    )
     num_negative_prompts: int = Field(5, ge=0, description="absent concepts prompted per image")
     batch_size: int = Field(4, ge=1)
 

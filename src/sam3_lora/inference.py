@@ -144,6 +144,8 @@ class SAM3LoRAInference:
         device: ``"cpu"``, ``"cuda"``...; default: CUDA when available.
         threshold: score threshold of :meth:`predict` (default: the config's, 0.5).
         mask_threshold: mask probability threshold (default: the config's, 0.5).
+        nms_iou_threshold: drop a detection whose mask overlaps a better-scoring one of the same
+            prompt above this IoU (default: the config's, None = off).
         batch_size: images per forward in :meth:`predict_batch`.
     """
 
@@ -156,6 +158,7 @@ class SAM3LoRAInference:
         threshold: float | None = None,
         mask_threshold: float | None = None,
         batch_size: int | None = None,
+        nms_iou_threshold: float | None = None,
     ) -> None:
         config = config_path
         if config is not None and not isinstance(config, Config):
@@ -181,6 +184,11 @@ class SAM3LoRAInference:
             else (evaluation.mask_threshold if evaluation else 0.5)
         )
         self.batch_size = batch_size or (evaluation.batch_size if evaluation else 4)
+        self.nms_iou_threshold = (
+            nms_iou_threshold
+            if nms_iou_threshold is not None
+            else (evaluation.nms_iou_threshold if evaluation else None)
+        )
         self.vision_calls = 0  # images encoded (vision features computed once per image)
 
     @property
@@ -312,6 +320,7 @@ class SAM3LoRAInference:
                     threshold,
                     mask_threshold,
                     max_detections,
+                    self.nms_iou_threshold,
                 )
         return results  # type: ignore[return-value]
 
@@ -384,13 +393,18 @@ def _postprocess(
     threshold: float,
     mask_threshold: float,
     max_detections: int | None,
+    nms_iou_threshold: float | None = None,
 ) -> PromptPrediction:
     """Scores, boxes and masks of one (image, prompt) pair at the original image size."""
     width, height = size
     presence = output["presence"].sigmoid()
     scores = output["logits"].sigmoid() * presence
     order = torch.argsort(scores, descending=True)
-    order = order[scores[order] >= threshold][:max_detections]
+    order = order[scores[order] >= threshold]
+    if nms_iou_threshold is not None and len(order) > 1:
+        low_res = output["masks"][order].sigmoid() > mask_threshold
+        order = order[mask_nms(low_res, nms_iou_threshold)]
+    order = order[:max_detections]
     boxes = output["boxes"][order] * torch.tensor(
         [width, height, width, height], device=order.device
     )
@@ -413,6 +427,29 @@ def _postprocess(
         masks=masks,
         presence=float(presence),
     )
+
+
+def mask_nms(masks: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+    """Greedy non-maximum suppression on mask IoU.
+
+    Args:
+        masks: bool ``[N, h, w]``, best score first.
+        iou_threshold: a mask is dropped when its IoU with a kept, better one exceeds this.
+
+    Returns:
+        Indices of the kept masks, in order.
+    """
+    flat = masks.flatten(1).float()
+    intersection = flat @ flat.T
+    area = flat.sum(1)
+    iou = intersection / (area[:, None] + area[None, :] - intersection).clamp(min=1)
+    suppressed = torch.zeros(len(masks), dtype=torch.bool, device=masks.device)
+    kept = []
+    for i in range(len(masks)):
+        if not suppressed[i]:
+            kept.append(i)
+            suppressed |= iou[i] > iou_threshold
+    return torch.tensor(kept, dtype=torch.long, device=masks.device)
 
 
 def predictions_dict(image: Image.Image, per_prompt: list[PromptPrediction]) -> dict[str, Any]:

@@ -65,6 +65,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="segmentation format of --save_coco (polygon: easiest to edit by hand)",
     )
     parser.add_argument(
+        "--nms_iou_threshold",
+        type=float,
+        help="drop a detection whose mask overlaps a better one of its prompt above this IoU "
+        "(default: the config's evaluation.nms_iou_threshold, else off)",
+    )
+    parser.add_argument(
         "--batch_size",
         type=int,
         help="images per forward (default: the config's evaluation.batch_size, else 4)",
@@ -102,6 +108,8 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.adapter is None and args.model is None and args.config is None:
         raise Sam3LoraError("give --adapter / --weights, or a base model with --model or --config")
+    if args.nms_iou_threshold is not None and not 0 < args.nms_iou_threshold <= 1:
+        raise Sam3LoraError(f"--nms_iou_threshold {args.nms_iou_threshold}: use a value in (0, 1]")
     inferencer = SAM3LoRAInference(
         args.config,
         weights_path=args.adapter,
@@ -110,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
         threshold=args.threshold,
         mask_threshold=args.mask_threshold,
         batch_size=args.batch_size,
+        nms_iou_threshold=args.nms_iou_threshold,
     )
     result = predict_to_files(
         inferencer,
@@ -119,7 +128,11 @@ def run(args: argparse.Namespace) -> int:
         save_coco=args.save_coco,
         segmentation=args.coco_segmentation,
     )
-    table = Table(title=f"predictions (threshold {inferencer.threshold})")
+    nms = inferencer.nms_iou_threshold
+    table = Table(
+        title=f"predictions (threshold {inferencer.threshold}"
+        + (f", mask NMS at IoU {nms})" if nms is not None else ")")
+    )
     table.add_column("label")
     table.add_column("instances", justify="right")
     for prompt in dict.fromkeys(p.label for p in prompts):
