@@ -30,7 +30,7 @@ from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
 
 from sam3_lora.config import Config, load_config
 from sam3_lora.data.images import load_image_rgb, to_rgb8
-from sam3_lora.errors import AdapterError, ModelLoadError, Sam3LoraError
+from sam3_lora.errors import AdapterError, ConfigError, ModelLoadError, Sam3LoraError
 from sam3_lora.tasks.concept import encode_prompts, select_images
 from sam3_lora.weights import load_predictor
 
@@ -165,6 +165,8 @@ class SAM3LoRAInference:
             config = load_config(config)
         evaluation = config.evaluation if config is not None else None
         base = model or (config.model.name_or_path if config is not None else None)
+        if nms_iou_threshold is not None and not 0 < nms_iou_threshold <= 1:
+            raise ConfigError(f"nms_iou_threshold {nms_iou_threshold}: use a value in (0, 1]")
         if weights_path is None and base is None:
             raise ModelLoadError("give weights_path (an adapter or merged model) or a base model")
         self.device = torch.device(device) if device is not None else default_device()

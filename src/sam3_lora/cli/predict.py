@@ -108,8 +108,6 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.adapter is None and args.model is None and args.config is None:
         raise Sam3LoraError("give --adapter / --weights, or a base model with --model or --config")
-    if args.nms_iou_threshold is not None and not 0 < args.nms_iou_threshold <= 1:
-        raise Sam3LoraError(f"--nms_iou_threshold {args.nms_iou_threshold}: use a value in (0, 1]")
     inferencer = SAM3LoRAInference(
         args.config,
         weights_path=args.adapter,
