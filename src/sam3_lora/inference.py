@@ -28,7 +28,7 @@ from PIL import Image
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
 
-from sam3_lora.config import Config, load_config
+from sam3_lora.config import Config, EvaluationSettings, load_config
 from sam3_lora.data.images import load_image_rgb, to_rgb8
 from sam3_lora.errors import AdapterError, ConfigError, ModelLoadError, Sam3LoraError
 from sam3_lora.tasks.concept import encode_prompts, select_images
@@ -163,7 +163,7 @@ class SAM3LoRAInference:
         config = config_path
         if config is not None and not isinstance(config, Config):
             config = load_config(config)
-        evaluation = config.evaluation if config is not None else None
+        evaluation = config.evaluation if config is not None else EvaluationSettings()
         base = model or (config.model.name_or_path if config is not None else None)
         if nms_iou_threshold is not None and not 0 < nms_iou_threshold <= 1:
             raise ConfigError(f"nms_iou_threshold {nms_iou_threshold}: use a value in (0, 1]")
@@ -175,21 +175,13 @@ class SAM3LoRAInference:
         self.processor = self.loaded.processor
         if self.processor is None:
             raise ModelLoadError(f"{self.loaded.base_source} has no processor: cannot predict")
-        self.threshold = (
-            threshold
-            if threshold is not None
-            else (evaluation.score_threshold if evaluation else 0.5)
-        )
+        self.threshold = threshold if threshold is not None else evaluation.score_threshold
         self.mask_threshold = (
-            mask_threshold
-            if mask_threshold is not None
-            else (evaluation.mask_threshold if evaluation else 0.5)
+            mask_threshold if mask_threshold is not None else evaluation.mask_threshold
         )
-        self.batch_size = batch_size or (evaluation.batch_size if evaluation else 4)
+        self.batch_size = batch_size or evaluation.batch_size
         self.nms_iou_threshold = (
-            nms_iou_threshold
-            if nms_iou_threshold is not None
-            else (evaluation.nms_iou_threshold if evaluation else None)
+            nms_iou_threshold if nms_iou_threshold is not None else evaluation.nms_iou_threshold
         )
         self.vision_calls = 0  # images encoded (vision features computed once per image)
 
