@@ -20,11 +20,13 @@ from rich.table import Table
 from transformers import Sam3Config, Sam3Model
 
 from sam3_lora.config import LoraSettings
-from sam3_lora.data.prompts import ConceptBatch
 from sam3_lora.lora import apply_lora_to_model
-from sam3_lora.models import build_tiny_processor, create_tiny_sam3
-from sam3_lora.tasks.concept import ConceptTask
-from sam3_lora.tasks.losses import Sam3ConceptLoss
+from sam3_lora.models import load_sam3
+from sam3_lora.tasks.concept.loss import Sam3ConceptLoss
+from sam3_lora.tasks.concept.module import ConceptModel
+from sam3_lora.tasks.concept.samples import ConceptBatch
+from sam3_lora.tasks.concept.task import ConceptTask
+from sam3_lora.tasks.concept.tiny import build_tiny_processor
 
 
 def make_batch(images: int, prompts: int, resolution: int, device: str) -> ConceptBatch:
@@ -63,7 +65,7 @@ def naive_forward(task: ConceptTask, batch: ConceptBatch) -> object:
         target_masks=batch.target_masks,
         image_indices=list(range(batch.num_prompts)),
     )
-    return task.forward(repeated)
+    return task.model(repeated)
 
 
 def time_step(
@@ -78,7 +80,7 @@ def time_step(
             torch.cuda.synchronize()
         start = time.perf_counter()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            outputs = naive_forward(task, batch) if naive else task.forward(batch)
+            outputs = naive_forward(task, batch) if naive else task.model(batch)
             loss = task.loss(outputs, batch)["loss"]
         loss.backward()
         if device.type == "cuda":
@@ -99,7 +101,7 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.model == "tiny-random":
-        loaded = create_tiny_sam3()
+        loaded = load_sam3("tiny-random")
         model, tokenizer = loaded.model, loaded.processor.tokenizer
     else:
         model = Sam3Model(Sam3Config())
@@ -107,7 +109,7 @@ def main() -> None:
     resolution = int(model.config.vision_config.image_size)
     model = apply_lora_to_model(model, LoraSettings(rank=16)).to(args.device)
     model.train()
-    task = ConceptTask(model, tokenizer, Sam3ConceptLoss())
+    task = ConceptTask(ConceptModel(model, tokenizer), Sam3ConceptLoss())
 
     table = Table(title=f"{args.model} on {args.device}: one training step, {args.images} images")
     for header in (

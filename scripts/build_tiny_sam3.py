@@ -32,15 +32,16 @@ from transformers import Sam3Model
 
 from sam3_lora.config import validate_config
 from sam3_lora.data.coco import CocoDataset
-from sam3_lora.data.prompts import collate_concept_samples
 from sam3_lora.data.synthetic import generate_shapes_dataset
-from sam3_lora.engine.evaluate import evaluate_dataset
 from sam3_lora.engine.trainer import Trainer
-from sam3_lora.inference import SAM3LoRAInference
-from sam3_lora.models import create_tiny_sam3, save_model_folder
-from sam3_lora.tasks.concept import ConceptTask
-from sam3_lora.tasks.losses import LossWeights, Sam3ConceptLoss
-from sam3_lora.training import build_concept_datasets
+from sam3_lora.evaluation.runner import evaluate_dataset
+from sam3_lora.models import save_model_folder
+from sam3_lora.predict.inference import SAM3LoRAInference
+from sam3_lora.tasks.concept.loss import LossWeights, Sam3ConceptLoss
+from sam3_lora.tasks.concept.module import ConceptModel
+from sam3_lora.tasks.concept.recipe import build_concept_datasets
+from sam3_lora.tasks.concept.task import ConceptTask
+from sam3_lora.tasks.concept.tiny import random_tiny_sam3
 
 BUILD_STYLE = "plain"  # the synthetic shapes the tiny model learns from
 BUILD_IMAGE_SIZE = 256
@@ -134,19 +135,20 @@ def main() -> None:
         source="build_tiny_sam3",
     )
     started = time.perf_counter()
-    loaded = create_tiny_sam3(seed=args.seed)
+    network, processor = random_tiny_sam3(seed=args.seed)
     if args.init_from:
-        loaded.model = Sam3Model.from_pretrained(args.init_from)
-    for parameter in loaded.model.parameters():
+        network = Sam3Model.from_pretrained(args.init_from)
+    for parameter in network.parameters():
         parameter.requires_grad_(True)
     task = ConceptTask(
-        loaded.model,
-        loaded.processor.tokenizer,
-        Sam3ConceptLoss(LossWeights(**config.loss.model_dump())),
+        ConceptModel(network, processor.tokenizer),
+        Sam3ConceptLoss(LossWeights(**config.loss.model_dump(exclude={"type"}))),
+        score_threshold=config.evaluation.score_threshold,
+        mask_threshold=config.evaluation.mask_threshold,
     )
-    resolution = int(loaded.model.config.vision_config.image_size)
+    resolution = int(network.config.vision_config.image_size)
     train_dataset, valid_dataset = build_concept_datasets(config, resolution)
-    trainer = Trainer(config, task, train_dataset, valid_dataset, collate_concept_samples)
+    trainer = Trainer(config, task, train_dataset, valid_dataset)
     resume = (Path(args.work_dir) / "checkpoints").is_dir() or None
     summary = trainer.train(resume=resume)
     build_seconds = time.perf_counter() - started
@@ -154,9 +156,9 @@ def main() -> None:
     output = Path(args.output)
     if output.exists():
         shutil.rmtree(output)
-    model = trainer.accelerator.unwrap_model(task.model).to("cpu", torch.float32)
+    model = trainer.accelerator.unwrap_model(task.model).network.to("cpu", torch.float32)
     model.config.name_or_path = "sam3-lora/tiny-sam3"
-    save_model_folder(model, loaded.processor, output)
+    save_model_folder(model, processor, output)
     info = {
         "description": "tiny SAM3 (Sam3Model classes, small config) trained from scratch on "
         "synthetic shapes by one run of scripts/build_tiny_sam3.py",
@@ -183,8 +185,8 @@ def measure_operating_point(model_dir: Path, valid_dir: Path) -> dict:
     coco = CocoDataset.from_split_dir(valid_dir)
     metrics, _ = evaluate_dataset(predictor, coco, negative_prompts=5, batch_size=8)
     sweep = metrics["models"]["base"]["threshold_sweep"]
-    best = max(sweep, key=lambda row: row["gIoU"])
-    keys = ("threshold", "gIoU", "mIoU", "absent_fire_rate", "cgF1")
+    best = max(sweep, key=lambda row: row["giou"])
+    keys = ("threshold", "giou", "miou", "absent_fire_rate", "cgF1")
     return {
         "score_threshold": best["threshold"],
         "chosen_by": f"best gIoU on the build's {len(coco)} validation images (every category "

@@ -9,12 +9,12 @@ import torch
 
 from sam3_lora.config import LoraSettings
 from sam3_lora.lora import apply_lora_to_model, save_lora_weights
-from sam3_lora.models import create_tiny_sam3
+from sam3_lora.models import load_sam3
 
 
 def make_tiny_adapter(folder: Path, seed: int = 1, record_base: bool = True) -> Path:
     """Save an adapter for the tiny random SAM3 whose LoRA weights change the predictions."""
-    loaded = create_tiny_sam3(seed=0)
+    loaded = load_sam3("tiny-random")
     settings = LoraSettings(
         rank=4, alpha=8, dropout=0.0, apply_to_detr_decoder=True, apply_to_mask_decoder=True
     )

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from sam3_lora.models import LoadedModel, create_tiny_sam3
+from sam3_lora.models import LoadedModel, load_sam3
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -17,7 +17,7 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 @pytest.fixture
 def tiny_sam3() -> LoadedModel:
     """A fresh randomly initialised tiny SAM3 with its processor."""
-    return create_tiny_sam3(seed=0)
+    return load_sam3("tiny-random")
 
 
 @pytest.fixture

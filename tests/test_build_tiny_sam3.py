@@ -27,7 +27,7 @@ def test_build_writes_a_loadable_model_with_its_operating_point(tmp_path: Path) 
     assert info["steps"] == 4 and info["images_seen"] == 8
     point = info["operating_point"]
     assert len(point["sweep"]) == 9  # scores 0.1 ... 0.9
-    assert point["score_threshold"] == max(point["sweep"], key=lambda r: r["gIoU"])["threshold"]
+    assert point["score_threshold"] == max(point["sweep"], key=lambda r: r["giou"])["threshold"]
     assert isinstance(Sam3Model.from_pretrained(output), Sam3Model)
 
     # --measure_only re-measures the saved model on the same (regenerated) validation images

@@ -4,8 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from sam3_lora.config import PRESETS_DIR, load_config, parse_set_overrides, validate_config
+from sam3_lora.config import load_config, parse_set_overrides, validate_config
 from sam3_lora.errors import ConfigError
+from sam3_lora.paths import presets_dir
+from sam3_lora.tasks.concept.spec import COMPONENTS as SAM3_COMPONENTS
 
 
 @pytest.mark.parametrize(
@@ -46,10 +48,10 @@ def test_presets_load_with_documented_settings() -> None:
     minimal = load_config("minimal")
     assert (minimal.lora.rank, minimal.lora.alpha) == (4, 8)
     assert minimal.lora.target_modules == ["q_proj", "v_proj"]
-    assert minimal.lora.components() == ["vision_encoder"]
-    balanced = load_config(PRESETS_DIR / "balanced.yaml")
-    assert balanced.lora.components() == ["vision_encoder", "mask_decoder"]
-    assert load_config("full").lora.components() == [
+    assert minimal.lora.components(SAM3_COMPONENTS) == ["vision_encoder"]
+    balanced = load_config(presets_dir() / "balanced.yaml")
+    assert balanced.lora.components(SAM3_COMPONENTS) == ["vision_encoder", "mask_decoder"]
+    assert load_config("full").lora.components(SAM3_COMPONENTS) == [
         "vision_encoder",
         "text_encoder",
         "geometry_encoder",
@@ -60,7 +62,7 @@ def test_presets_load_with_documented_settings() -> None:
     maximum = load_config("maximum")
     assert (maximum.lora.rank, maximum.lora.alpha) == (32, 64)
     assert "out_proj" in maximum.lora.target_modules
-    assert maximum.lora.components() == [
+    assert maximum.lora.components(SAM3_COMPONENTS) == [
         "vision_encoder",
         "detr_encoder",
         "detr_decoder",

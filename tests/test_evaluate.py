@@ -15,7 +15,7 @@ import pytest
 from sam3_lora.cli import main
 from sam3_lora.config import load_config
 from sam3_lora.data.coco import CocoDataset
-from sam3_lora.engine.evaluate import choose_negatives, evaluate_from_config, ground_truth_dict
+from sam3_lora.evaluation.runner import choose_negatives, evaluate_from_config, ground_truth_dict
 from tests.adapters import make_tiny_adapter
 
 
@@ -65,11 +65,11 @@ def test_evaluate_compares_base_and_adapter(
         "cgF1@75",
         "positive_micro_F1",
         "IL_MCC",
-        "mIoU",
-        "Dice",
+        "miou",
+        "dice",
         "negative_fire_rate",
         "absent_fire_rate",
-        "gIoU",
+        "giou",
     ):
         assert key in overall
     assert 0.0 <= overall["negative_fire_rate"] <= 1.0
@@ -95,7 +95,7 @@ def test_evaluate_compares_base_and_adapter(
         0.9,
     ]
     at_threshold = sweep[2]
-    for key in ("cgF1", "gIoU", "absent_fire_rate", "negative_fire_rate"):
+    for key in ("cgF1", "giou", "absent_fire_rate", "negative_fire_rate"):
         assert at_threshold[key] == pytest.approx(overall[key], nan_ok=True), key
     for key in ("absent_fire_rate", "negative_fire_rate"):
         values = [row[key] for row in sweep]
@@ -115,6 +115,49 @@ def test_evaluate_compares_base_and_adapter(
     # gallery (every image, worst first) and the sweep plot
     assert page.count('src="data:image/png;base64,') == 4 + 1
     assert "| segm/AP |" in (tmp_path / "report.md").read_text()
+
+    # What was scored is written out: plain pycocotools on those files gives the same AP.
+    assert metrics["adapter_merged_in_memory"] is True
+    assert metrics["prediction_files"] == {
+        "base": "predictions.base.coco.json",
+        "adapter": "predictions.coco.json",
+    }
+    assert metrics["metric_descriptions"]["giou"].startswith("gRefCOCO")
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    ground_truth = COCO(str(tmp_path / metrics["ground_truth_file"]))
+    for name, file in metrics["prediction_files"].items():
+        results = json.loads((tmp_path / file).read_text())
+        if not results:
+            continue
+        scorer = COCOeval(ground_truth, ground_truth.loadRes(results), "segm")
+        scorer.evaluate()
+        scorer.accumulate()
+        scorer.summarize()
+        assert scorer.stats[0] == pytest.approx(metrics["models"][name]["overall"]["segm/AP"])
+
+
+def test_merged_adapter_evaluates_like_the_unmerged_one(adapter_dir: Path, shapes_dir: Path):
+    from sam3_lora.evaluation.runner import evaluate_dataset
+    from sam3_lora.predict.inference import SAM3LoRAInference
+
+    coco = CocoDataset.from_split_dir(shapes_dir / "valid")
+    found = {}
+    for merge in (False, True):
+        predictor = SAM3LoRAInference(weights_path=adapter_dir, threshold=0.2)
+        metrics, runs = evaluate_dataset(
+            predictor, coco, negative_prompts=1, threshold=0.2, merge_adapter=merge
+        )
+        assert metrics["adapter_merged_in_memory"] is merge
+        assert predictor.has_adapter is not merge
+        found[merge] = (metrics["models"]["adapter"]["overall"], runs["adapter"].results)
+    (plain, plain_results), (merged, merged_results) = found[False], found[True]
+    assert len(plain_results) == len(merged_results)
+    scores = [r["score"] for r in plain_results], [r["score"] for r in merged_results]
+    assert scores[0] == pytest.approx(scores[1], abs=1e-4)
+    for key in ("segm/AP", "cgF1", "miou", "giou", "absent_fire_rate"):
+        assert plain[key] == pytest.approx(merged[key], abs=1e-3, nan_ok=True), key
 
 
 def test_evaluate_from_config_base_only(shapes_dir: Path, tmp_path: Path) -> None:
@@ -151,7 +194,7 @@ def test_missing_split_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[st
 def test_ground_truth_as_predictions_scores_perfectly(shapes_dir: Path) -> None:
     """The evaluation pipeline's own known answer: a model that returns the ground truth."""
     from sam3_lora.data.coco import CocoDataset
-    from sam3_lora.engine.evaluate import (
+    from sam3_lora.evaluation.runner import (
         SWEEP_THRESHOLDS,
         ModelRun,
         compute_metrics,
@@ -195,10 +238,10 @@ def test_ground_truth_as_predictions_scores_perfectly(shapes_dir: Path) -> None:
     assert overall["cgF1"] == pytest.approx(1.0, abs=1e-3)
     assert overall["IL_MCC"] == pytest.approx(1.0, abs=1e-3)
     assert overall["absent_fire_rate"] == 0.0
-    assert overall["gIoU"] == 1.0
+    assert overall["giou"] == 1.0
     assert oracle["best_threshold"]["cgF1"] == pytest.approx(1.0, abs=1e-3)
     for row in oracle["threshold_sweep"]:
-        assert row["cgF1"] == pytest.approx(1.0, abs=1e-3) and row["gIoU"] == 1.0
+        assert row["cgF1"] == pytest.approx(1.0, abs=1e-3) and row["giou"] == 1.0
 
     # A model that never answers: right on every absent pair and on the one negative prompt.
     silent_pairs = [
@@ -215,5 +258,5 @@ def test_ground_truth_as_predictions_scores_perfectly(shapes_dir: Path) -> None:
     silent = silent_block["overall"]
     assert silent["segm/AP"] == 0.0 and silent["cgF1"] == 0.0
     absent = sum(not p["has_gt"] for p in pairs)
-    assert silent["gIoU"] == pytest.approx((absent + 1) / (len(pairs) + 1))
-    assert silent["mIoU"] == 0.0
+    assert silent["giou"] == pytest.approx((absent + 1) / (len(pairs) + 1))
+    assert silent["miou"] == 0.0

@@ -12,8 +12,8 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from sam3_lora.errors import AdapterError
-from sam3_lora.inference import PromptError, SAM3LoRAInference, build_prompts, mask_nms
-from sam3_lora.weights import recorded_base_model
+from sam3_lora.predict.inference import PromptError, SAM3LoRAInference, build_prompts, mask_nms
+from sam3_lora.predict.weights import recorded_base_model
 from tests.adapters import make_tiny_adapter
 
 

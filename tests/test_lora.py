@@ -9,7 +9,7 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import Sam3Model
 
-from sam3_lora.config import COMPONENTS, LoraSettings, load_config
+from sam3_lora.config import LoraSettings, load_config
 from sam3_lora.errors import AdapterError, ConfigError
 from sam3_lora.lora import (
     apply_lora_to_model,
@@ -20,7 +20,9 @@ from sam3_lora.lora import (
     resolve_targets,
     save_lora_weights,
 )
-from sam3_lora.models import create_tiny_sam3, sam3_size_model
+from sam3_lora.models import load_sam3
+from sam3_lora.tasks.concept.spec import COMPONENTS
+from sam3_lora.tasks.concept.tiny import sam3_size_model
 
 VISION = [f"vision_encoder.backbone.layers.{i}" for i in range(4)]
 
@@ -104,7 +106,7 @@ def _adapted_modules(model: PeftModel) -> set[str]:
 @pytest.mark.parametrize("preset", ["minimal", "balanced", "full", "maximum"])
 def test_preset_adapts_exactly_the_expected_modules(preset: str) -> None:
     settings = load_config(preset).lora
-    model = apply_lora_to_model(create_tiny_sam3().model, settings)
+    model = apply_lora_to_model(load_sam3("tiny-random").model, settings)
     assert _adapted_modules(model) == EXPECTED_MODULES[preset]
     trainable = [name for name, p in model.named_parameters() if p.requires_grad]
     assert trainable and all(".lora_A." in n or ".lora_B." in n for n in trainable)
@@ -116,7 +118,7 @@ def test_preset_adapts_exactly_the_expected_modules(preset: str) -> None:
 
 
 def test_aliases_and_all() -> None:
-    base = create_tiny_sam3().model
+    base = load_sam3("tiny-random").model
     alias = resolve_targets(base, LoraSettings(target_modules=["out_proj", "linear1"]))
     assert {n.rsplit(".", 1)[-1] for n in alias.module_names} == {"o_proj", "fc1"}
     text = resolve_targets(
@@ -144,7 +146,7 @@ def test_components_own_the_scoring_head_and_text_projection() -> None:
     """The detector's classification head belongs to ``detr_decoder`` and the projection of the
     text features into the detector to ``text_encoder``: `all` adapts them, and the parameter
     report counts them there."""
-    base = create_tiny_sam3().model
+    base = load_sam3("tiny-random").model
     decoder_and_text = LoraSettings(
         target_modules=["all"],
         apply_to_vision_encoder=False,
@@ -167,16 +169,16 @@ def test_components_own_the_scoring_head_and_text_projection() -> None:
     named_settings = decoder_and_text.model_copy(
         update={"target_modules": ["query_proj", "text_projection", "q_proj"]}
     )
-    named = resolve_targets(create_tiny_sam3().model, named_settings)
+    named = resolve_targets(load_sam3("tiny-random").model, named_settings)
     assert "dot_product_scoring.query_proj" in named.module_names
     assert "text_projection" in named.module_names
     assert not any(n.startswith(("vision_encoder", "mask_decoder")) for n in named.module_names)
-    model = apply_lora_to_model(create_tiny_sam3().model, named_settings)
+    model = apply_lora_to_model(load_sam3("tiny-random").model, named_settings)
     assert _adapted_modules(model) == set(named.module_names)
 
 
 def test_selection_errors() -> None:
-    base = create_tiny_sam3().model
+    base = load_sam3("tiny-random").model
     with pytest.raises(ConfigError, match="`qproj` matches no linear layer in vision_encoder"):
         resolve_targets(base, LoraSettings(target_modules=["qproj"]))
     with pytest.raises(ConfigError, match="no LoRA component selected"):
@@ -191,7 +193,7 @@ def test_selection_errors() -> None:
 
 def test_peft_options_pass_through() -> None:
     model = apply_lora_to_model(
-        create_tiny_sam3().model,
+        load_sam3("tiny-random").model,
         LoraSettings(use_rslora=True, use_dora=True, modules_to_save=["dot_product_scoring"]),
     )
     config = model.peft_config["default"]
@@ -202,7 +204,7 @@ def test_peft_options_pass_through() -> None:
 
 
 def test_fresh_adapter_leaves_outputs_unchanged(tiny_inputs: dict) -> None:
-    base = create_tiny_sam3().model
+    base = load_sam3("tiny-random").model
     with torch.no_grad():
         reference = base(**tiny_inputs)
     model = apply_lora_to_model(base, load_config("full").lora).eval()
@@ -224,7 +226,7 @@ def _train_one_step(model: PeftModel, inputs: dict) -> None:
 
 
 def test_one_step_changes_only_adapter_weights(tiny_inputs: dict) -> None:
-    model = apply_lora_to_model(create_tiny_sam3().model, load_config("maximum").lora)
+    model = apply_lora_to_model(load_sam3("tiny-random").model, load_config("maximum").lora)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     _train_one_step(model, tiny_inputs)
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
@@ -234,14 +236,16 @@ def test_one_step_changes_only_adapter_weights(tiny_inputs: dict) -> None:
 
 
 def test_save_load_bitwise_and_merge_equivalence(tmp_path: Path, tiny_inputs: dict) -> None:
-    model = apply_lora_to_model(create_tiny_sam3().model, load_config("balanced").lora)
+    model = apply_lora_to_model(load_sam3("tiny-random").model, load_config("balanced").lora)
     _train_one_step(model, tiny_inputs)
     adapter_dir = save_lora_weights(model, tmp_path / "adapter")
     assert (adapter_dir / "adapter_config.json").is_file()
     saved = load_file(adapter_dir / "adapter_model.safetensors")
 
-    plain = PeftModel.from_pretrained(create_tiny_sam3().model, adapter_dir)  # the ecosystem's way
-    reloaded = load_lora_weights(create_tiny_sam3().model, adapter_dir)
+    plain = PeftModel.from_pretrained(
+        load_sam3("tiny-random").model, adapter_dir
+    )  # the ecosystem's way
+    reloaded = load_lora_weights(load_sam3("tiny-random").model, adapter_dir)
     for loaded in (plain, reloaded):
         state = {k: v for k, v in loaded.state_dict().items() if ".lora_" in k}
         assert len(state) == len(saved)
@@ -263,14 +267,14 @@ def test_save_load_bitwise_and_merge_equivalence(tmp_path: Path, tiny_inputs: di
         torch.testing.assert_close(merged_outputs[key], adapted[key], rtol=0, atol=1e-4)
     assert not torch.equal(
         plain_merged.vision_encoder.backbone.layers[0].attention.q_proj.weight,
-        create_tiny_sam3().model.vision_encoder.backbone.layers[0].attention.q_proj.weight,
+        load_sam3("tiny-random").model.vision_encoder.backbone.layers[0].attention.q_proj.weight,
     )
 
 
 def test_load_errors_name_the_problem(tmp_path: Path) -> None:
     with pytest.raises(AdapterError, match="adapter_config.json not found"):
-        load_lora_weights(create_tiny_sam3().model, tmp_path / "nothing")
-    model = apply_lora_to_model(create_tiny_sam3().model, load_config("balanced").lora)
+        load_lora_weights(load_sam3("tiny-random").model, tmp_path / "nothing")
+    model = apply_lora_to_model(load_sam3("tiny-random").model, load_config("balanced").lora)
     adapter_dir = save_lora_weights(model, tmp_path / "adapter")
 
     other_base = sam3_size_model().to_empty(device="cpu")
@@ -286,11 +290,11 @@ def test_load_errors_name_the_problem(tmp_path: Path) -> None:
         adapter_dir / "adapter_model.safetensors",
     )
     with pytest.raises(AdapterError, match="missing"):
-        load_lora_weights(create_tiny_sam3().model, adapter_dir)
+        load_lora_weights(load_sam3("tiny-random").model, adapter_dir)
 
     (adapter_dir / "adapter_config.json").write_text("{not json")
     with pytest.raises(AdapterError, match="not valid JSON"):
-        load_lora_weights(create_tiny_sam3().model, adapter_dir)
+        load_lora_weights(load_sam3("tiny-random").model, adapter_dir)
     json.loads("{}")
 
 

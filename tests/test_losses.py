@@ -10,7 +10,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from torch import nn
 
-from sam3_lora.tasks.losses import ConceptOutputs, LossWeights, PromptTarget, Sam3ConceptLoss
+from sam3_lora.tasks.concept.loss import ConceptOutputs, LossWeights, PromptTarget, Sam3ConceptLoss
 
 DETECTION_TERMS = ("class", "presence", "box_l1", "giou")
 MASK_TERMS = ("mask_focal", "mask_dice", "semantic_focal", "semantic_dice")

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import torch
 
-from sam3_lora.tasks.matcher import match_queries
+from sam3_lora.tasks.concept.matcher import match_queries
 
 
 def _xyxy(box: np.ndarray) -> np.ndarray:

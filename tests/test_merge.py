@@ -11,8 +11,8 @@ from transformers import Sam3Model
 
 from sam3_lora.cli import main
 from sam3_lora.errors import AdapterError
-from sam3_lora.export import merge_adapter
-from sam3_lora.inference import SAM3LoRAInference
+from sam3_lora.predict.inference import SAM3LoRAInference
+from sam3_lora.predict.merge import merge_adapter
 from tests.adapters import make_tiny_adapter
 
 

@@ -1,4 +1,4 @@
-"""Known-answer tests for sam3_lora.metrics: mask IoU / Dice, COCO AP and SAM3's cgF1."""
+"""Known-answer tests for sam3_lora.evaluation.metrics: mask IoU / Dice, COCO AP and SAM3's cgF1."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pycocotools.mask as mask_utils
 import pytest
 
 from sam3_lora.errors import DatasetError
-from sam3_lora.metrics import (
+from sam3_lora.evaluation.metrics import (
     IOU_THRESHOLDS,
     cgf1_metrics,
     cgf1_per_category,

@@ -33,7 +33,7 @@ def test_readme_quick_start_adapts_the_tiny_sam3(
     assert summary["steps"] == 800
     assert adapted["val/loss"] < 0.8 * base["val/loss"], (base, adapted)
     assert adapted["val/top1_iou"] > base["val/top1_iou"] + 0.1, (base, adapted)
-    assert adapted["val/fp_prompt_rate"] < 0.5 * base["val/fp_prompt_rate"], (base, adapted)
+    assert adapted["val/absent_fire_rate"] < 0.5 * base["val/absent_fire_rate"], (base, adapted)
     assert adapted["val/giou"] > base["val/giou"] + 0.05, (base, adapted)
     # at the tiny model's operating point (configs/quickstart.yaml), for base and adapter alike
     assert adapted["val/miou"] > base["val/miou"] + 0.03, (base, adapted)

@@ -195,7 +195,7 @@ def test_bad_parameters_raise_config_error(tmp_path: Path, bad: dict) -> None:
 def test_size_range_from_config_and_cli(tmp_path: Path) -> None:
     from sam3_lora.cli import main
     from sam3_lora.config import validate_config
-    from sam3_lora.training import synthetic_root
+    from sam3_lora.data.sources import synthetic_root
 
     config = validate_config(
         {

@@ -9,7 +9,6 @@ absent names at score 0.5).
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,8 +16,8 @@ from transformers import Sam3Model
 
 from sam3_lora.config import load_config
 from sam3_lora.data.synthetic import PLAIN_SHAPES, draw_shapes_image
-from sam3_lora.inference import SAM3LoRAInference
-from sam3_lora.models import TINY_SAM3_DIR
+from sam3_lora.predict.inference import SAM3LoRAInference
+from sam3_lora.tasks.concept.tiny import tiny_sam3_dir
 
 NUM_IMAGES = 30
 
@@ -56,12 +55,12 @@ def measured() -> dict[str, float]:
 
 
 def test_shipped_folder_is_small_and_complete() -> None:
-    files = {p.name for p in Path(TINY_SAM3_DIR).iterdir()}
+    files = {p.name for p in tiny_sam3_dir().iterdir()}
     assert {"config.json", "model.safetensors", "build_info.json"} <= files
     assert {"tokenizer_config.json", "processor_config.json"} <= files
-    size = sum(p.stat().st_size for p in Path(TINY_SAM3_DIR).iterdir())
+    size = sum(p.stat().st_size for p in tiny_sam3_dir().iterdir())
     assert size < 15e6
-    info = json.loads((Path(TINY_SAM3_DIR) / "build_info.json").read_text())
+    info = json.loads((tiny_sam3_dir() / "build_info.json").read_text())
     assert info["categories"] == list(PLAIN_SHAPES)
 
 
@@ -77,8 +76,8 @@ def test_says_none_for_an_absent_shape(measured: dict[str, float]) -> None:
 
 def test_quickstart_uses_the_recorded_operating_point() -> None:
     """configs/quickstart.yaml thresholds at the score the build measured, not at a guess."""
-    info = json.loads((Path(TINY_SAM3_DIR) / "build_info.json").read_text())
+    info = json.loads((tiny_sam3_dir() / "build_info.json").read_text())
     point = info["operating_point"]
-    best = max(point["sweep"], key=lambda row: row["gIoU"])
+    best = max(point["sweep"], key=lambda row: row["giou"])
     assert point["score_threshold"] == best["threshold"]
     assert load_config("quickstart").evaluation.score_threshold == point["score_threshold"]

@@ -47,7 +47,8 @@ def test_training_writes_everything_a_user_looks_at(shapes_dir: Path, tmp_path: 
         rows = list(csv.DictReader(handle))
     assert {"step", "epoch", "lr", "train/loss", "train/class", "train/mask_dice"} <= set(rows[0])
     assert any(row.get("val/miou") for row in rows)
-    assert any(row.get("val/fp_prompt_rate") for row in rows)
+    assert any(row.get("val/absent_fire_rate") for row in rows)
+    assert any(row.get("val/negative_fire_rate") for row in rows)
     assert [int(r["step"]) for r in rows if r.get("train/loss")] == [1, 2, 3, 4]
 
 
@@ -123,19 +124,19 @@ def test_non_finite_losses_skip_then_stop(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from sam3_lora.tasks.concept import ConceptTask
+    from sam3_lora.tasks.concept.task import ConceptTask
 
-    real = ConceptTask.compute_loss
+    real = ConceptTask.loss
     calls = {"n": 0}
 
-    def sometimes_nan(self: ConceptTask, batch: object, num_boxes: float | None = None) -> dict:
+    def sometimes_nan(self: ConceptTask, outputs: object, batch: object, num: object = None):
         calls["n"] += 1
-        losses = real(self, batch, num_boxes)
+        losses = real(self, outputs, batch, num)
         if calls["n"] > 2:
             losses["loss"] = losses["loss"] * float("nan")
         return losses
 
-    monkeypatch.setattr(ConceptTask, "compute_loss", sometimes_nan)
+    monkeypatch.setattr(ConceptTask, "loss", sometimes_nan)
     output = tmp_path / "run"
     with pytest.raises(TrainingError, match="non-finite 3 steps in a row"):
         _trainer(
@@ -213,14 +214,14 @@ def test_random_downscaling_at_small_resolution_is_warned_about(
     shapes_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     from sam3_lora.config import load_config
-    from sam3_lora.training import build_concept_datasets
+    from sam3_lora.tasks.concept.recipe import build_concept_datasets
 
     overrides = tiny_training_overrides(shapes_dir, tmp_path)
-    with caplog.at_level("WARNING", logger="sam3_lora.training"):
+    with caplog.at_level("WARNING", logger="sam3_lora.tasks.concept.recipe"):
         build_concept_datasets(load_config(None, overrides), 224)
     assert "data.augment: false" in caplog.text
     caplog.clear()
-    with caplog.at_level("WARNING", logger="sam3_lora.training"):
+    with caplog.at_level("WARNING", logger="sam3_lora.tasks.concept.recipe"):
         build_concept_datasets(load_config(None, {**overrides, "data.augment": False}), 224)
         build_concept_datasets(load_config(None, overrides), 1008)
     assert "data.augment" not in caplog.text

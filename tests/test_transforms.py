@@ -10,6 +10,9 @@ from PIL import Image
 from sam3_lora.data.synthetic import draw_shapes_image
 from sam3_lora.data.transforms import TransformedSample, build_transforms, train_resize_choices
 from sam3_lora.errors import ConfigError, DatasetError
+from sam3_lora.tasks.concept.spec import PIXEL_MEAN, PIXEL_STD
+
+SAM3_NORMALISATION = {"pixel_mean": PIXEL_MEAN, "pixel_std": PIXEL_STD}
 
 RESOLUTION = 224
 
@@ -56,7 +59,7 @@ def test_resize_choices_follow_meta() -> None:
 @pytest.mark.parametrize("seed", range(4))
 def test_train_transform_keeps_masks_and_boxes_together(sample, seed: int) -> None:
     image, boxes, masks = sample
-    transform = build_transforms(RESOLUTION, train=True, horizontal_flip=True)
+    transform = build_transforms(RESOLUTION, train=True, **SAM3_NORMALISATION, horizontal_flip=True)
     out = transform(image, boxes, masks, torch.Generator().manual_seed(seed))
     _check_sample(out, len(boxes))
 
@@ -72,19 +75,23 @@ def test_train_transform_keeps_masks_and_boxes_together(sample, seed: int) -> No
 
 def test_val_transform_resizes_to_square(sample) -> None:
     image, boxes, masks = sample
-    out = build_transforms(RESOLUTION, train=False)(image, torch.from_numpy(boxes), masks)
+    out = build_transforms(RESOLUTION, train=False, **SAM3_NORMALISATION)(
+        image, torch.from_numpy(boxes), masks
+    )
     _check_sample(out, len(boxes))
     assert out.valid_region == (0, 0, RESOLUTION, RESOLUTION)
     scale = torch.tensor([RESOLUTION / 200, RESOLUTION / 256] * 2)
     assert torch.allclose(out.boxes_xyxy, torch.from_numpy(boxes) * scale)
     white = Image.new("RGB", (50, 30), (255, 255, 255))
-    assert torch.all(build_transforms(32, False)(white, [], []).pixel_values == 1.0)
+    assert torch.all(
+        build_transforms(32, False, **SAM3_NORMALISATION)(white, [], []).pixel_values == 1.0
+    )
 
 
 def test_flip_mirrors_inside_the_valid_region(sample) -> None:
     image, boxes, masks = sample
-    plain = build_transforms(RESOLUTION, train=True)
-    flipping = build_transforms(RESOLUTION, train=True, horizontal_flip=True)
+    plain = build_transforms(RESOLUTION, train=True, **SAM3_NORMALISATION)
+    flipping = build_transforms(RESOLUTION, train=True, **SAM3_NORMALISATION, horizontal_flip=True)
     flipped_seen = unflipped_seen = False
     for seed in range(8):
         reference = plain(image, boxes, masks, torch.Generator().manual_seed(seed))
@@ -109,7 +116,7 @@ def test_flip_mirrors_inside_the_valid_region(sample) -> None:
 
 def test_generator_makes_it_reproducible_without_global_rng(sample) -> None:
     image, boxes, masks = sample
-    transform = build_transforms(RESOLUTION, train=True, horizontal_flip=True)
+    transform = build_transforms(RESOLUTION, train=True, **SAM3_NORMALISATION, horizontal_flip=True)
     global_state = torch.random.get_rng_state()
     first = transform(image, boxes, masks, torch.Generator().manual_seed(5))
     again = transform(image, boxes, masks, torch.Generator().manual_seed(5))
@@ -126,7 +133,7 @@ def test_generator_makes_it_reproducible_without_global_rng(sample) -> None:
 @pytest.mark.parametrize("train", [True, False])
 def test_no_instances(train: bool) -> None:
     image = Image.new("RGB", (64, 48))
-    out = build_transforms(RESOLUTION, train=train)(
+    out = build_transforms(RESOLUTION, train=train, **SAM3_NORMALISATION)(
         image, np.zeros((0, 4)), np.zeros((0, 48, 64), dtype=bool), torch.Generator()
     )
     _check_sample(out, 0)
@@ -135,6 +142,6 @@ def test_no_instances(train: bool) -> None:
 def test_mismatched_masks_raise_dataset_error(sample) -> None:
     image, boxes, masks = sample
     with pytest.raises(DatasetError, match="Masks must have shape"):
-        build_transforms(RESOLUTION, train=False)(image, boxes, masks[:, :10])
+        build_transforms(RESOLUTION, train=False, **SAM3_NORMALISATION)(image, boxes, masks[:, :10])
     with pytest.raises(DatasetError, match="Boxes must have shape"):
-        build_transforms(RESOLUTION, train=False)(image, boxes[:, :3], masks)
+        build_transforms(RESOLUTION, train=False, **SAM3_NORMALISATION)(image, boxes[:, :3], masks)

@@ -13,7 +13,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "SAM3LoRAInference": "sam3_lora.inference",
+    "SAM3LoRAInference": "sam3_lora.predict.inference",
     "SAM3TrainerNative": "sam3_lora.training",
     "LoRAConfig": "sam3_lora.lora",
     "apply_lora_to_model": "sam3_lora.lora",
@@ -22,8 +22,9 @@ _EXPORTS = {
     "load_lora_weights": "sam3_lora.lora",
     "merge_lora_weights": "sam3_lora.lora",
     "load_config": "sam3_lora.config",
-    "merge_adapter": "sam3_lora.export",
-    "evaluate_from_config": "sam3_lora.engine.evaluate",
+    "Sam3ConceptLoss": "sam3_lora.tasks.concept.loss",
+    "merge_adapter": "sam3_lora.predict.merge",
+    "evaluate_from_config": "sam3_lora.evaluation.runner",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -1,33 +1,36 @@
 """The one config schema: YAML files validated with pydantic, presets, CLI overrides.
 
 A config has the sections ``model``, ``lora``, ``training``, ``data``, ``loss``, ``evaluation``
-and ``output``. Unknown keys, wrong types and out-of-range values raise :class:`ConfigError`
-with the file, the key and (for typos) the closest valid key.
+and ``output``. ``model.family`` picks the task (``sam3``: the concept task); the ``loss``
+section is that task's (a union discriminated by ``loss.type``, filled in from the family), and
+the ``lora.apply_to_*`` flags are checked against the task's components. Unknown keys, wrong types
+and out-of-range values raise :class:`ConfigError` with the file, the key and (for typos) the
+closest valid key.
 """
 
 from __future__ import annotations
 
 import difflib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from sam3_lora.errors import ConfigError
+from sam3_lora.paths import presets_dir
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-PRESETS_DIR = REPO_ROOT / "configs"
-
-#: The lora components of SAM3 and the module prefixes they stand for.
-COMPONENTS = (
-    "vision_encoder",
-    "text_encoder",
-    "geometry_encoder",
-    "detr_encoder",
-    "detr_decoder",
-    "mask_decoder",
-)
+#: ``model.family`` -> the task whose ``loss`` section applies (``loss.type``).
+FAMILY_TASKS = {"sam3": "concept"}
 
 
 class _Section(BaseModel):
@@ -35,6 +38,9 @@ class _Section(BaseModel):
 
 
 class ModelSettings(_Section):
+    family: Literal["sam3"] = Field(
+        "sam3", description="the model family, which picks the task: sam3 (text prompts)"
+    )
     name_or_path: str = Field(
         "facebook/sam3",
         description="hub id, local folder, or an alias: tiny, tiny-random, sam3-size",
@@ -50,12 +56,16 @@ class LoraSettings(_Section):
         min_length=1,
         description="layer names to adapt; aliases out_proj, linear1, linear2, all",
     )
-    apply_to_vision_encoder: bool = True
-    apply_to_text_encoder: bool = False
-    apply_to_geometry_encoder: bool = False
-    apply_to_detr_encoder: bool = False
-    apply_to_detr_decoder: bool = False
-    apply_to_mask_decoder: bool = True
+    apply_to_vision_encoder: bool = Field(True, description="SAM3: the ViT (Perception Encoder)")
+    apply_to_text_encoder: bool = Field(
+        False, description="SAM3: the CLIP text encoder and its projection into the detector"
+    )
+    apply_to_geometry_encoder: bool = Field(False, description="SAM3: box-exemplar encoder")
+    apply_to_detr_encoder: bool = Field(False, description="SAM3: the text-image fusion encoder")
+    apply_to_detr_decoder: bool = Field(
+        False, description="SAM3: the query decoder and its classification head"
+    )
+    apply_to_mask_decoder: bool = Field(True, description="SAM3: the mask decoder")
     use_dora: bool = Field(False, description="weight-decomposed LoRA (PEFT's use_dora)")
     use_rslora: bool = Field(False, description="rank-stabilised scaling alpha / sqrt(rank)")
     modules_to_save: list[str] | None = Field(
@@ -63,9 +73,17 @@ class LoraSettings(_Section):
     )
     bias: Literal["none", "all", "lora_only"] = "none"
 
-    def components(self) -> list[str]:
-        """The component prefixes whose flag is on."""
-        return [name for name in COMPONENTS if getattr(self, f"apply_to_{name}")]
+    def components(self, available: Iterable[str]) -> list[str]:
+        """The components of ``available`` (a task's component names) whose flag is on."""
+        return [name for name in available if getattr(self, f"apply_to_{name}", False)]
+
+    def component_flags(self) -> list[str]:
+        """Every component flag this schema knows, without ``apply_to_``."""
+        return [
+            name.removeprefix("apply_to_")
+            for name in type(self).model_fields
+            if name.startswith("apply_to_")
+        ]
 
 
 class TrainingSettings(_Section):
@@ -156,26 +174,37 @@ class DataSettings(_Section):
         return value
 
 
-class LossSettings(_Section):
-    masks: bool = Field(True, description="False = Meta's detection-only recipe")
-    class_weight: float = Field(20.0, ge=0)
-    presence_weight: float = Field(20.0, ge=0)
-    box_l1_weight: float = Field(5.0, ge=0)
-    giou_weight: float = Field(2.0, ge=0)
-    mask_focal_weight: float = Field(200.0, ge=0)
-    mask_dice_weight: float = Field(10.0, ge=0)
-    semantic_focal_weight: float = Field(20.0, ge=0)
-    semantic_dice_weight: float = Field(30.0, ge=0)
-    matcher_class_cost: float = Field(2.0, ge=0)
-    matcher_box_cost: float = Field(5.0, ge=0)
-    matcher_giou_cost: float = Field(2.0, ge=0)
-    focal_alpha: float = Field(0.25, ge=0, le=1)
-    focal_gamma: float = Field(2.0, ge=0)
-    semantic_focal_alpha: float = Field(0.6, ge=0, le=1)
-    iou_aware_pos_weight: float = Field(10.0, ge=0)
+class ConceptLossSettings(_Section):
+    """SAM3's set-prediction loss (``tasks/concept/loss.py``); defaults are Meta's weights."""
+
+    type: Literal["concept"] = Field("concept", description="the task this loss belongs to")
+    masks: bool = Field(True, description="mask and semantic terms; false = Meta's detection-only")
+    class_weight: float = Field(20.0, ge=0, description="IoU-aware classification")
+    presence_weight: float = Field(20.0, ge=0, description="presence BCE (is the concept there)")
+    box_l1_weight: float = Field(5.0, ge=0, description="L1 on matched cxcywh boxes")
+    giou_weight: float = Field(2.0, ge=0, description="1 - GIoU on matched boxes")
+    mask_focal_weight: float = Field(200.0, ge=0, description="sigmoid focal on matched masks")
+    mask_dice_weight: float = Field(10.0, ge=0, description="dice on matched masks")
+    semantic_focal_weight: float = Field(20.0, ge=0, description="focal on the semantic head")
+    semantic_dice_weight: float = Field(30.0, ge=0, description="dice on the semantic head")
+    matcher_class_cost: float = Field(2.0, ge=0, description="Hungarian cost: focal on scores")
+    matcher_box_cost: float = Field(5.0, ge=0, description="Hungarian cost: L1 on boxes")
+    matcher_giou_cost: float = Field(2.0, ge=0, description="Hungarian cost: -GIoU")
+    focal_alpha: float = Field(0.25, ge=0, le=1, description="alpha of the focal terms")
+    focal_gamma: float = Field(2.0, ge=0, description="gamma of the focal terms")
+    semantic_focal_alpha: float = Field(0.6, ge=0, le=1, description="alpha, semantic focal")
+    iou_aware_pos_weight: float = Field(
+        10.0, ge=0, description="weight of a matched query in the classification BCE"
+    )
     aux_layers: bool = Field(True, description="losses on every decoder layer, not only the last")
     batch_scale: bool = Field(True, description="multiply the total by sqrt(prompts in batch)")
-    mask_loss_resolution: int | None = Field(None, ge=8)
+    mask_loss_resolution: int | None = Field(
+        None, ge=8, description="mask terms on an r x r grid (faster); null = Meta's target size"
+    )
+
+
+#: The SAM3-LoRA name of the SAM3 loss section.
+LossSettings = ConceptLossSettings
 
 
 class EvaluationSettings(_Section):
@@ -204,10 +233,51 @@ class Config(_Section):
     lora: LoraSettings = Field(default_factory=LoraSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     data: DataSettings = Field(default_factory=DataSettings)
-    loss: LossSettings = Field(default_factory=LossSettings)
+    loss: ConceptLossSettings = Field(
+        default_factory=ConceptLossSettings,
+        description="the task's loss (loss.type follows model.family)",
+    )
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
     output: OutputSettings = Field(default_factory=OutputSettings)
     _source: str = PrivateAttr("<defaults>")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _loss_type_from_family(cls, raw: Any) -> Any:
+        if not isinstance(raw, dict):
+            return raw
+        model = raw.get("model") or {}
+        family = model.get("family", "sam3") if isinstance(model, dict) else "sam3"
+        loss = raw.get("loss")
+        task = FAMILY_TASKS.get(family)
+        if task is not None and (loss is None or isinstance(loss, dict)):
+            loss = dict(loss or {})
+            if loss.setdefault("type", task) != task:
+                raise ValueError(
+                    f"loss.type `{loss['type']}` is not the loss of model.family `{family}` "
+                    f"(`{task}`); remove loss.type"
+                )
+            raw = {**raw, "loss": loss}
+        return raw
+
+    @model_validator(mode="after")
+    def _flags_are_components(self) -> Config:
+        from sam3_lora.tasks import get_spec
+
+        components = get_spec(self.model.family).components
+        wrong = [
+            name
+            for name in self.lora.model_fields_set
+            if name.startswith("apply_to_")
+            and name.removeprefix("apply_to_") not in components
+            and getattr(self.lora, name)
+        ]
+        if wrong:
+            raise ValueError(
+                f"lora.{wrong[0]}: `{wrong[0].removeprefix('apply_to_')}` is not a component of "
+                f"{self.model.family}; its components: {', '.join(components)}"
+            )
+        return self
 
     @property
     def source(self) -> str:
@@ -234,14 +304,20 @@ FLAT_OVERRIDES = {
 
 
 def resolve_config_path(path_or_preset: str | Path) -> Path:
-    """A file path, or a preset name such as ``balanced`` (``configs/balanced.yaml``)."""
+    """A file path, or a preset name such as ``balanced``.
+
+    Presets are the shipped ``configs/*.yaml`` (package data); ``configs/balanced.yaml`` names
+    the preset too when there is no such file in the working directory.
+    """
     path = Path(path_or_preset).expanduser()
     if path.is_file():
         return path
-    preset = PRESETS_DIR / f"{path_or_preset}.yaml"
-    if preset.is_file():
-        return preset
-    available = ", ".join(sorted(p.stem for p in PRESETS_DIR.glob("*.yaml")))
+    presets = presets_dir()
+    for name in (str(path_or_preset), path.stem if path.parent == Path("configs") else ""):
+        preset = presets / f"{name}.yaml"
+        if name and preset.is_file():
+            return preset
+    available = ", ".join(sorted(p.stem for p in presets.glob("*.yaml")))
     raise ConfigError(f"config file {path} not found (presets: {available or 'none'})")
 
 
@@ -318,6 +394,8 @@ def _describe_errors(error: ValidationError, source: str) -> str:
         if item["type"] == "extra_forbidden":
             hint = _closest_key(location)
             message = f"`{dotted}`: unknown key" + (f"; did you mean `{hint}`?" if hint else "")
+        elif not dotted:  # a check across sections: its text names the keys
+            message = item["msg"].removeprefix("Value error, ")
         else:
             value = item.get("input")
             shown = f" = {value!r}" if not isinstance(value, dict) else ""

@@ -1,8 +1,9 @@
 """LoRA through PEFT: component flags -> ``LoraConfig``; parameter report; save / load / merge.
 
-Adapters are saved in PEFT's format (``adapter_config.json`` + ``adapter_model.safetensors``)
-and load with plain ``peft.PeftModel.from_pretrained``; merged models with
-``Sam3Model.from_pretrained``.
+Component flags (``lora.apply_to_<component>``) are mapped onto module names through the task's
+component map (``TaskSpec.components``; SAM3's in ``tasks/concept/spec.py``). Adapters are saved
+in PEFT's format (``adapter_config.json`` + ``adapter_model.safetensors``) and load with plain
+``peft.PeftModel.from_pretrained``; merged models with the task's plain ``from_pretrained``.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from rich.table import Table
 from safetensors import safe_open
 
-from sam3_lora.config import COMPONENTS, LoraSettings
+from sam3_lora.config import LoraSettings
 from sam3_lora.errors import AdapterError, ConfigError
+from sam3_lora.tasks import TaskSpec, spec_for_model
 
 logger = logging.getLogger(__name__)
 
@@ -35,20 +37,6 @@ TARGET_ALIASES = {
     "linear1": ("fc1",),
     "linear2": ("fc2",),
 }
-#: The top-level ``Sam3Model`` modules each component flag covers. ``text_projection`` maps the
-#: text encoder's output into the detector (Meta's text-encoder "resizer"); ``dot_product_scoring``
-#: is the detector's classification head, which turns the decoder's queries into the scores.
-COMPONENT_MODULES: dict[str, tuple[str, ...]] = {
-    "vision_encoder": ("vision_encoder",),
-    "text_encoder": ("text_encoder", "text_projection"),
-    "geometry_encoder": ("geometry_encoder",),
-    "detr_encoder": ("detr_encoder",),
-    "detr_decoder": ("detr_decoder", "dot_product_scoring"),
-    "mask_decoder": ("mask_decoder",),
-}
-_COMPONENT_OF_MODULE = {
-    module: component for component, modules in COMPONENT_MODULES.items() for module in modules
-}
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 
@@ -59,37 +47,46 @@ class LoraTargets:
 
     module_names: tuple[str, ...]
     regex: str
+    spec: TaskSpec
 
     def by_component(self) -> dict[str, list[str]]:
-        grouped: dict[str, list[str]] = {name: [] for name in COMPONENTS}
+        grouped: dict[str, list[str]] = {name: [] for name in self.spec.components}
         for name in self.module_names:
-            grouped[_component_of(name)].append(name)
+            grouped[self.spec.component_of(name)].append(name)
         return grouped
 
 
-def _linear_modules(model: torch.nn.Module, components: list[str]) -> dict[str, torch.nn.Linear]:
+def _linear_modules(
+    model: torch.nn.Module, components: list[str], spec: TaskSpec
+) -> dict[str, torch.nn.Linear]:
     return {
         name: module
         for name, module in model.named_modules()
-        if isinstance(module, torch.nn.Linear) and _component_of(name) in components
+        if isinstance(module, torch.nn.Linear) and spec.component_of(name) in components
     }
 
 
-def resolve_targets(model: torch.nn.Module, settings: LoraSettings) -> LoraTargets:
+def resolve_targets(
+    model: torch.nn.Module, settings: LoraSettings, spec: TaskSpec | None = None
+) -> LoraTargets:
     """Map component flags and target names onto the model's ``nn.Linear`` modules.
+
+    Args:
+        spec: the model's task spec (default: found from the model's class).
 
     Raises:
         ConfigError: no component selected, or a target name matches no layer.
     """
-    components = settings.components()
+    spec = spec or spec_for_model(model)
+    components = settings.components(spec.components)
     if not components:
-        flags = ", ".join(f"lora.apply_to_{name}" for name in COMPONENTS)
+        flags = ", ".join(f"lora.apply_to_{name}" for name in spec.components)
         raise ConfigError(f"no LoRA component selected: set at least one of {flags} to true")
-    linears = _linear_modules(model, components)
+    linears = _linear_modules(model, components, spec)
     if "all" in settings.target_modules:
         names = tuple(sorted(linears))
         regex = "^(" + "|".join(re.escape(name) for name in names) + ")$"
-        return LoraTargets(names, regex)
+        return LoraTargets(names, regex, spec)
 
     leaf_names: list[str] = []
     available = sorted({name.rsplit(".", 1)[-1] for name in linears})
@@ -103,10 +100,10 @@ def resolve_targets(model: torch.nn.Module, settings: LoraSettings) -> LoraTarge
             )
         leaf_names.extend(name for name in expanded if name not in leaf_names)
     names = tuple(sorted(n for n in linears if n.rsplit(".", 1)[-1] in leaf_names))
-    owners = [module for component in components for module in COMPONENT_MODULES[component]]
+    owners = [module for component in components for module in spec.components[component]]
     # A name that starts with one of the components' modules and ends with a target leaf.
     regex = rf"^(?=({'|'.join(owners)})(\.|$))(.*\.)?({'|'.join(leaf_names)})$"
-    return LoraTargets(names, regex)
+    return LoraTargets(names, regex, spec)
 
 
 def build_peft_config(model: torch.nn.Module, settings: LoraSettings) -> LoraConfig:
@@ -182,15 +179,16 @@ class ParameterReport:
         return self.trainable * self.bytes_per_parameter
 
 
-def parameter_report(model: torch.nn.Module) -> ParameterReport:
-    """Trainable parameters per SAM3 component of a LoRA-injected model."""
+def parameter_report(model: torch.nn.Module, spec: TaskSpec | None = None) -> ParameterReport:
+    """Trainable parameters per component of a LoRA-injected (or fully trained) model."""
+    spec = spec or spec_for_model(model)
     adapted: dict[str, set[str]] = {}
     trainable: dict[str, int] = {}
     component_total: dict[str, int] = {}
     total = trainable_total = 0
     dtype_bytes = 4
     for name, parameter in model.named_parameters():
-        component = _component_of(name)
+        component = spec.component_of(name)
         count = parameter.numel()
         if "lora_" not in name:
             total += count
@@ -208,7 +206,7 @@ def parameter_report(model: torch.nn.Module) -> ParameterReport:
             trainable_parameters=trainable.get(component, 0),
             component_parameters=component_total.get(component, 0),
         )
-        for component in sorted(component_total, key=_component_order)
+        for component in sorted(component_total, key=lambda c: _component_order(c, spec))
     ]
     return ParameterReport(rows, trainable_total, total, dtype_bytes)
 
@@ -253,17 +251,9 @@ def count_parameters(model: torch.nn.Module) -> dict[str, float]:
     return {"total": report.total, "trainable": report.trainable, "percent": report.percent}
 
 
-def _component_of(name: str) -> str:
-    """The component flag that covers a module or parameter name (its top-level module when
-    no flag does)."""
-    parts = name.split(".")
-    if parts[:2] == ["base_model", "model"]:
-        parts = parts[2:]
-    return _COMPONENT_OF_MODULE.get(parts[0], parts[0])
-
-
-def _component_order(component: str) -> tuple[int, str]:
-    return (COMPONENTS.index(component) if component in COMPONENTS else len(COMPONENTS), component)
+def _component_order(component: str, spec: TaskSpec) -> tuple[int, str]:
+    names = list(spec.components)
+    return (names.index(component) if component in names else len(names), component)
 
 
 def save_lora_weights(model: PeftModel, output_dir: str | Path) -> Path:

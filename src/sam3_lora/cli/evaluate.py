@@ -47,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sam3_lora.engine.evaluate import evaluate_from_config
+    from sam3_lora.evaluation.runner import evaluate_from_config
 
     output_dir = args.output_dir
     args.output_dir = None  # the report folder, not output.output_dir

@@ -12,7 +12,7 @@ from sam3_lora.cli.common import add_config_arguments, config_from_args
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "lora-info",
-        help="print adapted modules and trainable parameters per SAM3 component",
+        help="print adapted modules and trainable parameters per model component",
         description="Inject LoRA as the config says and print a table per component. "
         "--model sam3-size builds the released SAM3 architecture without weights.",
     )
@@ -30,13 +30,13 @@ def run(args: argparse.Namespace) -> int:
         parameter_table,
         resolve_targets,
     )
-    from sam3_lora.models import load_sam3
+    from sam3_lora.models import load_model
 
     config = config_from_args(args)
-    loaded = load_sam3(config.model.name_or_path)
-    targets = resolve_targets(loaded.model, config.lora)
+    loaded = load_model(config.model.name_or_path, config.model.family)
+    targets = resolve_targets(loaded.model, config.lora, loaded.spec)
     model = apply_lora_to_model(loaded.model, config.lora)
-    report = parameter_report(model)
+    report = parameter_report(model, loaded.spec)
     console = Console()
     if args.list_modules:
         for component, names in targets.by_component().items():
@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
                 console.print(f"{component:18s} {name}")
     title = (
         f"LoRA on {loaded.source}: rank {config.lora.rank}, alpha {config.lora.alpha:g}, "
-        f"{', '.join(config.lora.components())}"
+        f"{', '.join(config.lora.components(loaded.spec.components))}"
     )
     console.print(parameter_table(report, title=title))
     return 0

@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from sam3_lora.config import load_config
-    from sam3_lora.export import merge_adapter
+    from sam3_lora.predict.merge import merge_adapter
 
     base = args.model or (load_config(args.config).model.name_or_path if args.config else None)
     result = merge_adapter(args.adapter, args.output, base_model=base)

@@ -80,7 +80,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _boxes(text: str | None, flag: str) -> list[list[float]] | None:
-    from sam3_lora.inference import PromptError
+    from sam3_lora.predict.inference import PromptError
 
     if text is None:
         return None
@@ -98,8 +98,8 @@ def _boxes(text: str | None, flag: str) -> list[list[float]] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sam3_lora.autolabel import predict_to_files
-    from sam3_lora.inference import SAM3LoRAInference, build_prompts
+    from sam3_lora.predict.autolabel import predict_to_files
+    from sam3_lora.predict.inference import SAM3LoRAInference, build_prompts
 
     prompts = build_prompts(
         args.text_prompt,

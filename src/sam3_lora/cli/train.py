@@ -40,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(args, default_config=DEFAULT_CONFIG)
     if args.eval_only:
-        from sam3_lora.engine.evaluate import evaluate_from_config
+        from sam3_lora.evaluation.runner import evaluate_from_config
 
         adapter = Path(args.adapter) if args.adapter else Path(config.output.output_dir) / "final"
         evaluate_from_config(config, adapter, compare_base=True)

@@ -2,8 +2,9 @@
 
 Training follows Meta's SAM3 recipe: a random *square* resize (aspect ratio not kept) to a side
 ``S`` picked from a grid, then zero padding at a random position to ``resolution x resolution``.
-Validation resizes to the resolution square. Pixels are normalised with mean 0.5, std 0.5, so
-padding reads -1. An optional horizontal flip (not in Meta's recipe) mirrors the image first.
+Validation resizes to the resolution square. Pixels are normalised with the task's mean and std
+(SAM3: 0.5 / 0.5, so padding reads -1; SAM2: ImageNet's), applied after padding. An optional
+horizontal flip (not in Meta's recipe) mirrors the image first.
 
 The grid of sizes: Meta uses ``S in {480, 512, ..., 992}`` for a 1008 model. We generalise it as
 multiples of ``step = max(1, round(resolution / 31.5))`` from ``scale_range[0] * resolution`` to
@@ -27,8 +28,6 @@ from torchvision.transforms.v2 import functional as F
 
 from sam3_lora.errors import ConfigError, DatasetError
 
-PIXEL_MEAN = 0.5
-PIXEL_STD = 0.5
 META_RESOLUTION = 1008
 META_SIZE_STEP = 32
 
@@ -37,7 +36,7 @@ META_SIZE_STEP = 32
 class TransformedSample:
     """One image with its instances, ready for the model."""
 
-    pixel_values: torch.Tensor  # float32 [3, S, S], (x / 255 - 0.5) / 0.5
+    pixel_values: torch.Tensor  # float32 [3, S, S], (x / 255 - mean) / std
     boxes_xyxy: torch.Tensor  # float32 [N, 4], pixels in the S x S frame
     masks: torch.Tensor  # bool [N, S, S]
     valid_region: tuple[int, int, int, int]  # x0, y0, x1, y1 of the real image in the frame
@@ -69,6 +68,8 @@ class SampleTransform:
     resolution: int
     train: bool
     resize_choices: list[int]
+    pixel_mean: tuple[float, float, float]
+    pixel_std: tuple[float, float, float]
     horizontal_flip: bool = False
 
     def __call__(
@@ -119,7 +120,9 @@ class SampleTransform:
                 F.pad(t, padding, fill=0) for t in (pixels, boxes, instance_masks)
             )
 
-        pixel_values = (pixels.as_subclass(torch.Tensor).float() / 255 - PIXEL_MEAN) / PIXEL_STD
+        mean = torch.tensor(self.pixel_mean).view(3, 1, 1)
+        std = torch.tensor(self.pixel_std).view(3, 1, 1)
+        pixel_values = (pixels.as_subclass(torch.Tensor).float() / 255 - mean) / std
         return TransformedSample(
             pixel_values=pixel_values,
             boxes_xyxy=boxes.as_subclass(torch.Tensor).float(),
@@ -131,6 +134,8 @@ class SampleTransform:
 def build_transforms(
     resolution: int,
     train: bool,
+    pixel_mean: tuple[float, float, float],
+    pixel_std: tuple[float, float, float],
     scale_range: tuple[float, float] = (0.48, 0.98),
     horizontal_flip: bool = False,
 ) -> SampleTransform:
@@ -139,6 +144,7 @@ def build_transforms(
     Args:
         resolution: Side of the square model input, e.g. 1008 (SAM3) or 224 (tiny model).
         train: Random square resize and random-position zero padding if True, else plain resize.
+        pixel_mean / pixel_std: the model's normalisation (its task spec's), in [0, 1] units.
         scale_range: Fractions of ``resolution`` bounding the training sizes (see module doc).
         horizontal_flip: Mirror training images with probability 0.5.
     """
@@ -148,6 +154,8 @@ def build_transforms(
         resolution=int(resolution),
         train=train,
         resize_choices=train_resize_choices(resolution, scale_range),
+        pixel_mean=tuple(pixel_mean),
+        pixel_std=tuple(pixel_std),
         horizontal_flip=horizontal_flip,
     )
 

@@ -103,17 +103,13 @@ def plot_curves(rows: list[dict[str, Any]], output_path: Path) -> Path | None:
     loss_axis.set_yscale("log")
     loss_axis.set_title("loss")
     loss_axis.legend()
-    for key, label in (
-        ("val/miou", "mask mIoU"),
-        ("val/giou", "gIoU (all prompts)"),
-        ("val/top1_iou", "top-1 IoU"),
-        ("val/dice", "Dice"),
-        ("val/fp_prompt_rate", "false-positive prompts"),
-        ("val/presence_accuracy", "presence accuracy"),
-    ):
+    # Every validation metric that is a share or a score in [0, 1] (not losses or counts).
+    keys = dict.fromkeys(k for r in valid for k in r if k.startswith("val/"))
+    for key in keys:
         points = [(r["step"], r[key]) for r in valid if key in r]
-        if points:
-            metric_axis.plot(*zip(*points, strict=True), "o-", label=label)
+        if key.startswith("val/loss") or not all(0 <= v <= 1 for _, v in points):
+            continue
+        metric_axis.plot(*zip(*points, strict=True), "o-", label=key.removeprefix("val/"))
     metric_axis.set_xlabel("step")
     metric_axis.set_ylim(0, 1)
     metric_axis.set_title("validation")

@@ -1,11 +1,9 @@
 """The training loop: Accelerate, mixed precision, accumulation, clipping, schedule, validation,
 atomic checkpoints, resume, early stopping, logging.
 
-The trainer knows loops, not models: it drives a *task* object (SAM3's concept task today, SAM2's
-prompt task next to it) that provides ``model``, ``compute_loss(batch)``,
-``validation_step(batch, score_threshold, mask_threshold)``, ``summarize_validation(steps)``,
-``save_weights(folder)`` and ``load_weights(folder)``. Batches provide ``to(device)``,
-``num_images`` and ``num_prompts``.
+The trainer knows loops, not models: it drives a task (:class:`sam3_lora.engine.task.Task`):
+``outputs = task.model(batch)`` (the one module Accelerate prepares), ``task.loss(outputs,
+batch, num_targets)``, ``task.validation_statistics(outputs, batch)``, weight I/O.
 """
 
 from __future__ import annotations
@@ -16,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from accelerate import Accelerator
@@ -46,6 +44,7 @@ from sam3_lora.engine.reporting import (
     summary_table,
     write_summary,
 )
+from sam3_lora.engine.task import Task
 from sam3_lora.errors import CheckpointError, Sam3LoraError
 
 logger = logging.getLogger(__name__)
@@ -53,18 +52,6 @@ logger = logging.getLogger(__name__)
 
 class TrainingError(Sam3LoraError):
     """Training cannot go on (e.g. the loss keeps being non-finite)."""
-
-
-class Task(Protocol):
-    model: torch.nn.Module
-
-    def compute_loss(self, batch: Any) -> dict[str, torch.Tensor]: ...
-    def validation_step(
-        self, batch: Any, score_threshold: float, mask_threshold: float
-    ) -> dict: ...
-    def summarize_validation(self, steps: list[dict]) -> dict[str, float]: ...
-    def save_weights(self, folder: Path) -> None: ...
-    def load_weights(self, folder: Path) -> None: ...
 
 
 class EpochShuffleSampler(Sampler[int]):
@@ -151,9 +138,8 @@ class Trainer:
 
     Args:
         config: the run's config (``training``, ``evaluation`` and ``output`` sections are used).
-        task: the task object (see the module docstring).
-        train_dataset / valid_dataset: datasets with ``set_epoch`` (optional) and a collate.
-        collate_fn: builds a batch from samples.
+        task: the task (see :mod:`sam3_lora.engine.task`).
+        train_dataset / valid_dataset: datasets of the task's samples (``set_epoch`` optional).
     """
 
     def __init__(
@@ -162,13 +148,12 @@ class Trainer:
         task: Task,
         train_dataset: Dataset,
         valid_dataset: Dataset | None,
-        collate_fn: Any,
     ) -> None:
         self.config = config
         self.task = task
         self.train_dataset = train_dataset
         self.valid_dataset = valid_dataset
-        self.collate_fn = collate_fn
+        self.collate_fn = task.collate
         self.output_dir = Path(config.output.output_dir)
         self.checkpoints_dir = self.output_dir / "checkpoints"
         self.state = TrainerState()
@@ -227,8 +212,8 @@ class Trainer:
             self.total_steps,
             settings.cooldown_steps,
         )
-        self.task.model, self.optimizer, self.train_loader, self.scheduler = (
-            self.accelerator.prepare(self.task.model, optimizer, train_loader, scheduler)
+        self.model, self.optimizer, self.train_loader, self.scheduler = self.accelerator.prepare(
+            self.task.model, optimizer, train_loader, scheduler
         )
         self.sampler = get_sampler(self.train_loader)  # the one Accelerate iterates
         # Accelerate saves optimizer, scheduler and RNG; the adapter is saved in PEFT format by
@@ -261,6 +246,11 @@ class Trainer:
         logger.info("resumed from %s at step %d", folder, self.state.global_step)
         return folder
 
+    def _num_targets(self, batch: Any) -> float:
+        """The loss normaliser: the batch's targets averaged over processes (Meta), >= 1."""
+        count = torch.tensor(float(batch.num_targets), device=self.accelerator.device)
+        return max(float(self.accelerator.reduce(count, reduction="mean")), 1.0)
+
     # ------------------------------------------------------------------ train
     def train(self, resume: str | Path | bool | None = None) -> dict[str, Any]:
         """Run to ``max_steps`` / ``num_epochs`` or early stop; returns the summary."""
@@ -291,13 +281,14 @@ class Trainer:
             self.train_loader.set_epoch(epoch)  # Accelerate re-applies it to the sampler
             if hasattr(self.train_dataset, "set_epoch"):
                 self.train_dataset.set_epoch(epoch)
-            self.task.model.train()
+            self.model.train()
             window_is_bad = False
             window_terms: dict[str, float] = {}
             for batch in self.train_loader:
-                with accelerator.accumulate(self.task.model):
+                with accelerator.accumulate(self.model):
                     with accelerator.autocast():
-                        losses = self.task.compute_loss(batch)
+                        outputs = self.model(batch)
+                        losses = self.task.loss(outputs, batch, self._num_targets(batch))
                     loss = losses["loss"]
                     if torch.isfinite(loss):
                         accelerator.backward(loss)
@@ -329,7 +320,7 @@ class Trainer:
                     grad_norm = None
                     if settings.max_grad_norm:
                         grad_norm = accelerator.clip_grad_norm_(
-                            self.task.model.parameters(), settings.max_grad_norm
+                            self.model.parameters(), settings.max_grad_norm
                         )
                     self.optimizer.step()
                     self.scheduler.step()
@@ -392,11 +383,10 @@ class Trainer:
         """Validation loss and metrics over the validation split."""
         if self.valid_loader is None:
             return {}
-        model = self.task.model
+        model = self.model
         was_training = model.training
         model.eval()
         steps = []
-        evaluation = self.config.evaluation
         for batch in tqdm(
             self.valid_loader,
             desc="validating",
@@ -404,12 +394,8 @@ class Trainer:
             disable=not self.accelerator.is_local_main_process,
         ):
             batch = batch.to(self.accelerator.device)
-            with self.accelerator.autocast():
-                steps.append(
-                    self.task.validation_step(
-                        batch, evaluation.score_threshold, evaluation.mask_threshold
-                    )
-                )
+            with torch.no_grad(), self.accelerator.autocast():
+                steps.append(self.task.validation_statistics(model(batch), batch))
         model.train(was_training)
         return self.task.summarize_validation(steps)
 

@@ -38,7 +38,7 @@ import pycocotools.mask as mask_utils
 from scipy.optimize import linear_sum_assignment
 
 from sam3_lora.errors import DatasetError
-from sam3_lora.metrics.coco import (
+from sam3_lora.evaluation.metrics.coco import (
     IouType,
     annotation_box,
     annotation_rle,

@@ -21,7 +21,7 @@ import yaml
 
 from sam3_lora.errors import AdapterError
 from sam3_lora.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, load_lora_weights
-from sam3_lora.models import load_sam3
+from sam3_lora.models import load_model
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +107,7 @@ def load_predictor(
     weights: str | Path | None = None,
     base_model: str | None = None,
     device: str | torch.device = "cpu",
+    family: str = "sam3",
 ) -> LoadedPredictor:
     """Load a base model, an adapter on its base model, or a merged model, for inference.
 
@@ -114,20 +115,21 @@ def load_predictor(
         weights: adapter folder / ``adapter_model.safetensors`` / merged model folder, or None
             for the base model alone.
         base_model: the base model (hub id, folder, alias); default: the one the adapter
-            was trained on (:func:`recorded_base_model`); ``facebook/sam3`` without weights.
+            was trained on (:func:`recorded_base_model`); the family's default without weights.
+        family: ``model.family`` of the base (``sam3``).
 
     Raises:
         AdapterError: missing files, or an adapter whose modules or shapes do not fit the base
             model (naming the modules, the recorded base and the loaded one).
     """
     if weights is None:
-        loaded = load_sam3(base_model or "facebook/sam3", device=device)
+        loaded = load_model(base_model, family, device=device)
         return LoadedPredictor(loaded.model, loaded.processor, loaded.source)
     kind, folder = resolve_weights(weights)
     if kind == "merged":
         if base_model:
             logger.warning("%s is a merged model: base model %s not used", folder, base_model)
-        loaded = load_sam3(str(folder), device=device)
+        loaded = load_model(str(folder), family, device=device)
         return LoadedPredictor(loaded.model, loaded.processor, loaded.source, folder, "merged")
     recorded = recorded_base_model(folder)
     source = base_model or recorded
@@ -136,7 +138,7 @@ def load_predictor(
             f"adapter {folder} does not record its base model (no base_model_name_or_path in "
             f"{ADAPTER_CONFIG}, no training config.yaml beside it): pass it with --model"
         )
-    loaded = load_sam3(source, device=device)
+    loaded = load_model(source, family, device=device)
     notes = []
     if recorded and recorded != source and Path(recorded).resolve() != Path(source).resolve():
         notes.append(f"adapter {folder} records base model `{recorded}`; loaded `{source}`")

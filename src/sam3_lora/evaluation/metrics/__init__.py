@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from sam3_lora.metrics.cgf1 import (
+from sam3_lora.evaluation.metrics.cgf1 import (
     IOU_THRESHOLDS,
     DatapointCounts,
     cgf1_metrics,
@@ -15,8 +15,12 @@ from sam3_lora.metrics.cgf1 import (
     count_datapoints,
     summarize_cgf1,
 )
-from sam3_lora.metrics.coco import COCO_STAT_NAMES, coco_detection_metrics, segmentation_to_rle
-from sam3_lora.metrics.masks import (
+from sam3_lora.evaluation.metrics.coco import (
+    COCO_STAT_NAMES,
+    coco_detection_metrics,
+    segmentation_to_rle,
+)
+from sam3_lora.evaluation.metrics.masks import (
     mask_dice,
     mask_iou,
     union_iou_dice,

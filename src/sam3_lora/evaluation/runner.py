@@ -3,7 +3,7 @@
 Every category is prompted on every image (absent ones too), as in Meta's evaluation; each image
 also gets ``negative_prompts`` concepts from the hard-negative vocabulary that are not dataset
 categories. Predictions become COCO results (RLE masks, xywh boxes, score = detection x
-presence) and are scored with :mod:`sam3_lora.metrics`:
+presence) and are scored with :mod:`sam3_lora.evaluation.metrics`:
 
 - COCO AP / AR (pycocotools) for ``segm`` and ``bbox``, over all results with score >= 0.01;
 - SAM3's cgF1 (positive micro F1 x IL_MCC) at IoU 0.50:0.95, 0.5 and 0.75, predictions with
@@ -32,17 +32,17 @@ from tqdm.auto import tqdm
 
 from sam3_lora.config import Config
 from sam3_lora.data.coco import CocoDataset, decode_rle
-from sam3_lora.data.prompts import load_negative_vocabulary
-from sam3_lora.errors import ConfigError
-from sam3_lora.inference import ConceptPrompt, PromptPrediction, SAM3LoRAInference
-from sam3_lora.metrics import (
+from sam3_lora.data.sources import open_config_split
+from sam3_lora.data.vocabulary import load_negative_vocabulary
+from sam3_lora.evaluation.metrics import (
     COCO_STAT_NAMES,
     cgf1_metrics,
     cgf1_per_category,
     coco_detection_metrics,
     union_iou_dice,
 )
-from sam3_lora.training import open_split, synthetic_root
+from sam3_lora.evaluation.vocabulary import METRICS
+from sam3_lora.predict.inference import ConceptPrompt, PromptPrediction, SAM3LoRAInference
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ def run_model(
     indices: list[int],
 ) -> ModelRun:
     """Prompt every category (and the negatives) on every image of ``indices``, in batches."""
-    from sam3_lora.autolabel import encode_mask
+    from sam3_lora.predict.autolabel import encode_mask
 
     sweep = tuple(sorted({*SWEEP_THRESHOLDS, threshold}))
     run = ModelRun(name=name, source=_describe(predictor, name), sweep_thresholds=sweep)
@@ -226,7 +226,7 @@ def compute_metrics(
     overall.update({f"bbox/{k}": cgf1["bbox"][k] for k in CGF1_KEYS})
     sweep = threshold_sweep(gt, run, known_cgf1={threshold: cgf1["segm"]})
     at_threshold = sweep[run.sweep_thresholds.index(threshold)]
-    for key in ("mIoU", "Dice", "absent_fire_rate", "negative_fire_rate", "gIoU"):
+    for key in ("miou", "dice", "absent_fire_rate", "negative_fire_rate", "giou"):
         overall[key] = at_threshold[key]
 
     per_category_cgf1 = cgf1_per_category(gt, run.results, "segm", threshold)
@@ -238,8 +238,8 @@ def compute_metrics(
             "segm/AP": coco_stats["segm"]["per_category_AP"].get(category_id, float("nan")),
             "bbox/AP": coco_stats["bbox"]["per_category_AP"].get(category_id, float("nan")),
             **{k: cat_cgf1.get(k, float("nan")) for k in CGF1_KEYS},
-            "mIoU": _mean([p["iou"] for p in pairs if p["has_gt"]]),
-            "Dice": _mean([p["dice"] for p in pairs if p["has_gt"]]),
+            "miou": _mean([p["iou"] for p in pairs if p["has_gt"]]),
+            "dice": _mean([p["dice"] for p in pairs if p["has_gt"]]),
             "absent_fire_rate": _mean([float(p["fires"]) for p in pairs if not p["has_gt"]]),
             "images_with_gt": sum(p["has_gt"] for p in pairs),
         }
@@ -280,9 +280,9 @@ def threshold_sweep(
             {
                 "threshold": threshold,
                 **{k: cgf1[k] for k in ("cgF1", "positive_micro_F1", "IL_MCC")},
-                "gIoU": _mean([p["sweep_iou"][index] for p in run.pairs] + negative_ok),
-                "mIoU": _mean([p["sweep_iou"][index] for p in positive]),
-                "Dice": _mean([p["sweep_dice"][index] for p in positive]),
+                "giou": _mean([p["sweep_iou"][index] for p in run.pairs] + negative_ok),
+                "miou": _mean([p["sweep_iou"][index] for p in positive]),
+                "dice": _mean([p["sweep_dice"][index] for p in positive]),
                 "absent_fire_rate": _mean([float(p["best_score"] >= threshold) for p in absent]),
                 "negative_fire_rate": _mean([1.0 - ok for ok in negative_ok]),
             }
@@ -301,11 +301,14 @@ def evaluate_dataset(
     batch_size: int = 4,
     max_images: int | None = None,
     base_predictor: SAM3LoRAInference | None = None,
+    merge_adapter: bool = True,
 ) -> tuple[dict[str, Any], dict[str, ModelRun]]:
     """Run the predictor (and the base model) over ``coco``; returns ``(metrics, runs)``.
 
     With ``compare_base``, the base is ``base_predictor`` if given, else the predictor with its
-    adapter switched off.
+    adapter switched off. With ``merge_adapter`` an adapter is then merged into the weights in
+    memory before its own run when that is exact (:meth:`SAM3LoRAInference.merge_adapter`):
+    the same predictions, without the adapter's extra matrix products.
     """
     taken = {t.lower() for c in coco.categories for t in (c.name, c.prompt, *c.synonyms)}
     vocabulary = [w for w in vocabulary or load_negative_vocabulary() if w.lower() not in taken]
@@ -323,12 +326,9 @@ def evaluate_dataset(
                 runs["base"] = run_model(
                     predictor, coco, "base", negatives, threshold, batch_size, indices
                 )
+    merged = merge_adapter and predictor.merge_adapter()
     runs[primary] = run_model(predictor, coco, primary, negatives, threshold, batch_size, indices)
-    gt = ground_truth_dict(coco)
-    if max_images is not None:
-        kept = {coco.images[i].id for i in indices}
-        gt["images"] = [image for image in gt["images"] if image["id"] in kept]
-        gt["annotations"] = [a for a in gt["annotations"] if a["image_id"] in kept]
+    gt = scored_ground_truth(coco, max_images)
     names = {c.id: c.name for c in coco.categories}
     metrics: dict[str, Any] = {
         "dataset": str(coco.annotation_file),
@@ -337,6 +337,7 @@ def evaluate_dataset(
         "negative_prompts_per_image": min(negative_prompts, len(vocabulary)),
         "score_threshold": threshold,
         "mask_threshold": predictor.mask_threshold,
+        "adapter_merged_in_memory": bool(merged),
         "models": {name: compute_metrics(gt, run, threshold, names) for name, run in runs.items()},
     }
     if "base" in runs and "adapter" in runs:
@@ -346,21 +347,6 @@ def evaluate_dataset(
         )
         metrics["difference"] = {k: adapted[k] - base[k] for k in adapted}
     return metrics, runs
-
-
-def open_eval_split(config: Config, split: str) -> CocoDataset:
-    """The COCO dataset of ``data.<split>`` (the synthetic dataset's when the config has one)."""
-    if split not in ("train", "valid", "test"):
-        raise ConfigError(f"--split {split!r}: choose train, valid or test")
-    settings = getattr(config.data, split)
-    if settings is None and config.data.synthetic is not None and split != "test":
-        return CocoDataset.from_split_dir(synthetic_root(config) / split)
-    coco = open_split(settings, split)
-    if coco is None:
-        raise ConfigError(
-            f"{config.source}: data.{split} is not set; point it at a split folder to evaluate on"
-        )
-    return coco
 
 
 def evaluate_from_config(
@@ -385,11 +371,11 @@ def evaluate_from_config(
             ``evaluation.num_negative_prompts``); the vocabulary is ``data.negative_prompts``.
         max_images: evaluate the first N images only (quick checks).
     """
-    from sam3_lora.engine.report import comparison_tables, render_gallery, write_reports
+    from sam3_lora.evaluation.report import comparison_tables, render_gallery, write_reports
 
     console = console or Console()
     evaluation = config.evaluation
-    coco = open_eval_split(config, split)
+    coco = open_config_split(config, split)
     predictor = SAM3LoRAInference(
         config,
         weights_path=adapter_dir,
@@ -415,14 +401,66 @@ def evaluate_from_config(
     )
     metrics["split"] = split
     output = Path(output_dir) if output_dir else Path(config.output.output_dir) / f"eval-{split}"
+    scored = write_scored_files(metrics, runs, coco, output, max_images)
     gallery = render_gallery(coco, runs, evaluation.score_threshold, gallery_size)
-    files = write_reports(metrics, gallery, output)
+    files = {**scored, **write_reports(metrics, gallery, output)}
     for table in comparison_tables(metrics):
         console.print(table)
     console.print(f"[green]reports[/green] written to {output} ({', '.join(sorted(files))})")
     metrics["output_dir"] = str(output)
     metrics["files"] = {name: str(path) for name, path in files.items()}
     return metrics
+
+
+#: The files ``evaluate`` scored, written beside ``metrics.json`` so any COCO tool can re-score.
+GROUND_TRUTH_FILE = "ground_truth.coco.json"
+PREDICTIONS_FILE = "predictions.coco.json"
+BASE_PREDICTIONS_FILE = "predictions.base.coco.json"
+
+
+def write_scored_files(
+    metrics: dict[str, Any],
+    runs: dict[str, ModelRun],
+    coco: CocoDataset,
+    output: Path,
+    max_images: int | None = None,
+) -> dict[str, Path]:
+    """Write the ground truth scored against and each model's COCO results; name them (and
+    the metric vocabulary) in ``metrics``.
+
+    ``predictions.coco.json`` holds the evaluated model's results (the adapter's, or the base
+    model's alone), ``predictions.base.coco.json`` the base model's when it was compared. Both
+    are pycocotools ``loadRes`` lists (RLE masks, xywh boxes, score = detection x presence, at
+    most 100 per image and prompt, score >= 0.01) over ``ground_truth.coco.json``: the split as
+    scored (box-only objects carry their box as polygon; ``--max_images`` applied).
+    """
+    from sam3_lora.data.jsonio import write_json
+
+    files = {
+        GROUND_TRUTH_FILE: write_json(
+            output / GROUND_TRUTH_FILE, scored_ground_truth(coco, max_images)
+        )
+    }
+    predictions = {}
+    for name, run in runs.items():
+        file = PREDICTIONS_FILE if name != "base" or len(runs) == 1 else BASE_PREDICTIONS_FILE
+        files[file] = write_json(output / file, run.results)
+        predictions[name] = file
+    metrics["ground_truth_file"] = GROUND_TRUTH_FILE
+    metrics["source_annotations"] = str(coco.annotation_file)
+    metrics["prediction_files"] = predictions
+    metrics["metric_descriptions"] = dict(METRICS)
+    return files
+
+
+def scored_ground_truth(coco: CocoDataset, max_images: int | None = None) -> dict[str, Any]:
+    """The ground truth the metrics use: :func:`ground_truth_dict` of the first ``max_images``."""
+    gt = ground_truth_dict(coco)
+    if max_images is not None:
+        kept = {coco.images[i].id for i in range(min(max_images, len(coco)))}
+        gt["images"] = [image for image in gt["images"] if image["id"] in kept]
+        gt["annotations"] = [a for a in gt["annotations"] if a["image_id"] in kept]
+    return gt
 
 
 def decode_result(result: dict[str, Any]) -> np.ndarray:

@@ -27,7 +27,7 @@ from sam3_lora.data.jsonio import write_json
 from sam3_lora.errors import DatasetError
 
 if TYPE_CHECKING:
-    from sam3_lora.inference import ConceptPrompt, SAM3LoRAInference
+    from sam3_lora.predict.inference import ConceptPrompt, SAM3LoRAInference
 
 logger = logging.getLogger(__name__)
 
@@ -231,8 +231,8 @@ def predict_to_files(
     read are collected in ``failures`` and the run goes on. A single image that cannot be read
     raises :class:`DatasetError`. ``save_coco`` also writes every prediction as one COCO file.
     """
-    from sam3_lora.inference import open_image, predictions_dict
-    from sam3_lora.visualize import draw_predictions
+    from sam3_lora.predict.inference import open_image, predictions_dict
+    from sam3_lora.predict.visualize import draw_predictions
 
     paths = list_images(image_path)
     single = Path(image_path).is_file()

@@ -15,7 +15,7 @@ from typing import Any
 from sam3_lora.errors import AdapterError
 from sam3_lora.lora import format_bytes, merge_lora_weights
 from sam3_lora.models import save_model_folder
-from sam3_lora.weights import load_predictor
+from sam3_lora.predict.weights import load_predictor
 
 logger = logging.getLogger(__name__)
 

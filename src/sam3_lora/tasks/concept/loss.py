@@ -50,7 +50,7 @@ from torch import Tensor, nn
 from torchvision.ops import box_convert, generalized_box_iou_loss, sigmoid_focal_loss
 
 from sam3_lora.errors import ConfigError
-from sam3_lora.tasks.matcher import match_queries, match_queries_numpy
+from sam3_lora.tasks.concept.matcher import match_queries, match_queries_numpy
 
 __all__ = [
     "ConceptOutputs",

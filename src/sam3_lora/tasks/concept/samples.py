@@ -1,4 +1,4 @@
-"""Training samples for SAM3's concept task: one image with its text prompts and their targets.
+"""Samples of SAM3's concept task: one image with its text prompts and their targets.
 
 As in Meta's training, every dataset category is a prompt for every image; its targets are all
 non-crowd instances of that category, and categories absent from the image are prompts with no
@@ -8,16 +8,14 @@ sampled).
 **Hard negatives.** A dataset with one category ("scratch") never shows the model a prompt that
 should find nothing; fine-tuned that way, SAM3 learns to fire on any prompt. So each image also
 gets ``num_negative_prompts`` prompts drawn from a vocabulary of other concepts (the built-in
-``resources/negative_prompts.txt`` or a user file), with no targets. Concepts that match a dataset
-category, prompt or synonym are never drawn.
+``resources/negative_prompts.txt`` or a user file, :mod:`sam3_lora.data.vocabulary`), with no
+targets. Concepts that match a dataset category, prompt or synonym are never drawn.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from importlib import resources
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,31 +23,15 @@ from torch.utils.data import Dataset
 
 from sam3_lora.data.coco import CocoDataset
 from sam3_lora.data.transforms import SampleTransform
+from sam3_lora.data.vocabulary import load_negative_vocabulary
 from sam3_lora.errors import DatasetError
 
 logger = logging.getLogger(__name__)
 
 #: ``prompt_category_ids`` value of a hard-negative prompt.
 NEGATIVE_PROMPT_ID = -1
-
-
-def load_negative_vocabulary(path: str | Path | None = None) -> list[str]:
-    """Concepts for hard-negative prompts: one per line, ``#`` comments and blanks skipped."""
-    if path is None:
-        text = resources.files("sam3_lora.resources").joinpath("negative_prompts.txt").read_text()
-        source = "the built-in vocabulary"
-    else:
-        file = Path(path)
-        try:
-            text = file.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as error:
-            raise DatasetError(f"data.negative_prompts: cannot read {file}: {error}") from None
-        source = str(file)
-    words = [line.strip() for line in text.splitlines()]
-    words = [w for w in words if w and not w.startswith("#")]
-    if not words:
-        raise DatasetError(f"{source} holds no negative prompts (one concept per line)")
-    return list(dict.fromkeys(words))
+#: transformers' label of a padding slot in ``input_boxes_labels``.
+BOX_PADDING_LABEL = -10
 
 
 @dataclass
@@ -80,8 +62,11 @@ class ConceptBatch:
     Attributes:
         pixel_values: [I, 3, S, S].
         prompt_image_index: [B] long, the image of each prompt.
-        prompts / prompt_category_ids / target_boxes / target_masks: per prompt, flattened.
+        prompts / prompt_category_ids / target_boxes / target_masks: per prompt, flattened
+            (prediction leaves the targets empty).
         image_indices: I dataset indices.
+        input_boxes: optional box exemplars [B, K, 4], cxcywh normalised by the image size.
+        input_boxes_labels: [B, K] long: 1 positive, 0 negative exemplar, -10 padding.
     """
 
     pixel_values: torch.Tensor
@@ -91,6 +76,8 @@ class ConceptBatch:
     target_boxes: list[torch.Tensor]
     target_masks: list[torch.Tensor]
     image_indices: list[int]
+    input_boxes: torch.Tensor | None = None
+    input_boxes_labels: torch.Tensor | None = None
 
     @property
     def num_prompts(self) -> int:
@@ -100,7 +87,21 @@ class ConceptBatch:
     def num_images(self) -> int:
         return len(self.image_indices)
 
+    @property
+    def num_targets(self) -> int:
+        """Target boxes in the batch: the loss normaliser N."""
+        return sum(len(boxes) for boxes in self.target_boxes)
+
+    def prompt_has_boxes(self) -> torch.Tensor:
+        """bool [B]: which prompts carry box exemplars."""
+        if self.input_boxes_labels is None:
+            return torch.zeros(self.num_prompts, dtype=torch.bool, device=self.pixel_values.device)
+        return (self.input_boxes_labels != BOX_PADDING_LABEL).any(dim=1)
+
     def to(self, device: torch.device | str) -> ConceptBatch:
+        def move(value: torch.Tensor | None) -> torch.Tensor | None:
+            return None if value is None else value.to(device, non_blocking=True)
+
         return ConceptBatch(
             pixel_values=self.pixel_values.to(device, non_blocking=True),
             prompt_image_index=self.prompt_image_index.to(device),
@@ -109,6 +110,8 @@ class ConceptBatch:
             target_boxes=[b.to(device, non_blocking=True) for b in self.target_boxes],
             target_masks=[m.to(device, non_blocking=True) for m in self.target_masks],
             image_indices=self.image_indices,
+            input_boxes=move(self.input_boxes),
+            input_boxes_labels=move(self.input_boxes_labels),
         )
 
 

@@ -25,7 +25,7 @@ from torch import Tensor
 from torchvision.ops import box_convert, generalized_box_iou
 
 if TYPE_CHECKING:
-    from sam3_lora.tasks.losses import PromptTarget
+    from sam3_lora.tasks.concept.loss import PromptTarget
 
 
 def _target_boxes(target: Tensor | PromptTarget) -> Tensor:

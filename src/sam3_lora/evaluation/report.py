@@ -19,11 +19,12 @@ from PIL import Image
 from rich.table import Table
 
 from sam3_lora.data.jsonio import write_json
-from sam3_lora.visualize import draw_predictions, png_data_uri, side_by_side
+from sam3_lora.evaluation.vocabulary import LOWER_IS_BETTER
+from sam3_lora.predict.visualize import draw_predictions, png_data_uri, side_by_side
 
 if TYPE_CHECKING:
     from sam3_lora.data.coco import CocoDataset
-    from sam3_lora.engine.evaluate import ModelRun
+    from sam3_lora.evaluation.runner import ModelRun
 
 #: Overall metrics shown in the tables, in order, with a short description.
 HEADLINE = {
@@ -44,17 +45,16 @@ HEADLINE = {
     "positive_micro_F1": "positive micro F1 (masks)",
     "IL_MCC": "image-level MCC (is the concept there?)",
     "bbox/cgF1": "cgF1 (boxes)",
-    "mIoU": "mask IoU of the union, pairs with ground truth",
-    "Dice": "mask Dice of the union, pairs with ground truth",
-    "gIoU": "IoU over every prompt, absent ones scoring 1 when silent (gRefCOCO's gIoU)",
+    "miou": "mask IoU of the union, pairs with ground truth",
+    "dice": "mask Dice of the union, pairs with ground truth",
+    "giou": "IoU over every prompt, absent ones scoring 1 when silent (gRefCOCO's gIoU)",
     "absent_fire_rate": "absent categories with a prediction (lower is better)",
     "negative_fire_rate": "negative prompts with a prediction (lower is better)",
 }
-LOWER_IS_BETTER = {"absent_fire_rate", "negative_fire_rate"}
-PER_CATEGORY = ("segm/AP", "bbox/AP", "cgF1", "positive_micro_F1", "mIoU", "Dice")
-CONSOLE_PER_CATEGORY = ("segm/AP", "cgF1", "mIoU")
-SWEEP_COLUMNS = ("cgF1", "gIoU", "mIoU", "absent_fire_rate", "negative_fire_rate")
-CONSOLE_SWEEP_COLUMNS = ("cgF1", "gIoU", "mIoU", "absent_fire_rate")
+PER_CATEGORY = ("segm/AP", "bbox/AP", "cgF1", "positive_micro_F1", "miou", "dice")
+CONSOLE_PER_CATEGORY = ("segm/AP", "cgF1", "miou")
+SWEEP_COLUMNS = ("cgF1", "giou", "miou", "absent_fire_rate", "negative_fire_rate")
+CONSOLE_SWEEP_COLUMNS = ("cgF1", "giou", "miou", "absent_fire_rate")
 SWEEP_PLOT = "threshold_sweep.png"
 
 
@@ -165,8 +165,8 @@ def plot_threshold_sweep(metrics: dict[str, Any], output_path: str | Path) -> Pa
     figure, axes = plt.subplots(1, 4, figsize=(15, 3.6), sharex=True)
     panels = (
         ("cgF1", "cgF1 (Meta)"),
-        ("gIoU", "gIoU (all prompts)"),
-        ("mIoU", "mIoU (prompts with objects)"),
+        ("giou", "gIoU (all prompts)"),
+        ("miou", "mIoU (prompts with objects)"),
         ("absent_fire_rate", "absent categories answered"),
     )
     for axis, (key, title) in zip(axes, panels, strict=True):
@@ -219,7 +219,7 @@ def render_gallery(
     coco: CocoDataset, runs: dict[str, ModelRun], threshold: float, size: int = 8
 ) -> list[GalleryItem]:
     """Worst images first (by the last run's mean pair IoU): ground truth and each model."""
-    from sam3_lora.engine.evaluate import decode_result
+    from sam3_lora.evaluation.runner import decode_result
 
     if not runs or size <= 0:
         return []

@@ -1,0 +1,1 @@
+"""Config presets, shipped as the package data ``sam3_lora.presets``."""

@@ -1,0 +1,42 @@
+"""One metric vocabulary for training validation (``val/<name>``) and ``sam3-lora evaluate``.
+
+A name means the same thing wherever it appears: in ``metrics.csv``, TensorBoard,
+``training_summary.json``, ``metrics.json``, the console tables and the HTML report. COCO AP / AR
+keep pycocotools' names (``segm/AP`` ...) and cgF1 keeps Meta's (``cgF1``, ``IL_MCC`` ...).
+
+Thresholded metrics count a prediction when its score (detection x presence) reaches
+``evaluation.score_threshold`` and a mask pixel when its probability reaches
+``evaluation.mask_threshold``.
+"""
+
+from __future__ import annotations
+
+#: Metric name -> what it measures.
+METRICS: dict[str, str] = {
+    "miou": "mean IoU of the union of predicted masks against the union of ground-truth masks, "
+    "over the (image, prompt) pairs with ground truth",
+    "dice": "mean Dice of the same unions, over the pairs with ground truth",
+    "giou": "gRefCOCO's generalized IoU: the mean IoU over every prompt, a prompt without ground "
+    "truth scoring 1 when nothing passes the threshold and 0 otherwise",
+    "top1_iou": "threshold-free: the best instance IoU of the highest-scoring query's mask, over "
+    "the pairs with ground truth",
+    "recall_prompts": "share of the pairs with ground truth answered with at least one mask",
+    "absent_fire_rate": "share of dataset categories absent from an image that get a mask",
+    "negative_fire_rate": "share of hard-negative prompts (concepts outside the dataset) that get "
+    "a mask",
+    "presence_accuracy": "share of prompts whose presence logit (> 0) says correctly whether the "
+    "concept is in the image",
+    "prompts": "number of (image, prompt) pairs scored",
+    "loss": "the training loss on the validation data (its terms as loss_<term>)",
+}
+
+#: Metrics where lower is better (the rest: higher is better).
+LOWER_IS_BETTER = frozenset({"absent_fire_rate", "negative_fire_rate", "loss"})
+
+
+def describe(name: str) -> str:
+    """What ``name`` (with or without the ``val/`` prefix) measures."""
+    key = name.removeprefix("val/")
+    if key.startswith("loss_"):
+        return f"validation loss term {key.removeprefix('loss_')}"
+    return METRICS.get(key, "")

@@ -1,0 +1,1 @@
+"""Text resources: the hard-negative vocabulary."""

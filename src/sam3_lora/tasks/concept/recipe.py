@@ -1,0 +1,98 @@
+"""Build the concept task and its datasets from a config (what ``sam3-lora train`` runs)."""
+
+from __future__ import annotations
+
+import logging
+
+from sam3_lora.config import Config
+from sam3_lora.data.sources import resolve_data_splits
+from sam3_lora.data.transforms import build_transforms
+from sam3_lora.data.vocabulary import load_negative_vocabulary
+from sam3_lora.lora import apply_lora_to_model
+from sam3_lora.models import LoadedModel
+from sam3_lora.tasks.concept.loss import LossWeights, Sam3ConceptLoss
+from sam3_lora.tasks.concept.module import ConceptModel
+from sam3_lora.tasks.concept.samples import ConceptDataset
+from sam3_lora.tasks.concept.spec import PIXEL_MEAN, PIXEL_STD
+from sam3_lora.tasks.concept.task import ConceptTask
+from sam3_lora.tasks.spec import TaskRecipe
+
+logger = logging.getLogger(__name__)
+
+SMALL_RESOLUTION = 512  # below it, Meta's random down-scaling is warned about
+
+
+def model_resolution(loaded: LoadedModel, config: Config) -> int:
+    """``data.resolution``, else the model's own input size."""
+    return config.data.resolution or int(loaded.model.config.vision_config.image_size)
+
+
+def build_concept_datasets(
+    config: Config, resolution: int
+) -> tuple[ConceptDataset, ConceptDataset | None]:
+    """The training and validation concept datasets of ``config`` at ``resolution``."""
+    data = config.data
+    if data.augment and resolution < SMALL_RESOLUTION:
+        low, high = data.scale_range
+        logger.warning(
+            "data.augment shrinks training images to %.2f-%.2f of %d px; at this small "
+            "resolution objects may fall below one patch (the tiny SAM3 learns nothing then). "
+            "Consider data.augment: false or a narrower data.scale_range.",
+            low,
+            high,
+            resolution,
+        )
+    train_coco, valid_coco = resolve_data_splits(config)
+    vocabulary = load_negative_vocabulary(data.negative_prompts)
+    common = {
+        "max_prompts_per_image": data.max_prompts_per_image,
+        "num_negative_prompts": data.num_negative_prompts,
+        "negative_vocabulary": vocabulary,
+        "seed": config.training.seed,
+    }
+    normalisation = {"pixel_mean": PIXEL_MEAN, "pixel_std": PIXEL_STD}
+    train = ConceptDataset(
+        train_coco,
+        build_transforms(
+            resolution,
+            train=data.augment,
+            scale_range=data.scale_range,
+            horizontal_flip=data.horizontal_flip,
+            **normalisation,
+        ),
+        train=True,
+        **common,
+    )
+    valid = None
+    if valid_coco is not None:
+        valid = ConceptDataset(
+            valid_coco,
+            build_transforms(resolution, train=False, **normalisation),
+            train=False,
+            **common,
+        )
+    return train, valid
+
+
+def build_concept_task(config: Config, loaded: LoadedModel) -> ConceptTask:
+    """Inject LoRA into the loaded base model and wrap it in the concept task."""
+    network = apply_lora_to_model(loaded.model, config.lora)
+    weights = LossWeights(**config.loss.model_dump(exclude={"type"}))
+    return ConceptTask(
+        ConceptModel(network, loaded.processor.tokenizer),
+        Sam3ConceptLoss(weights),
+        score_threshold=config.evaluation.score_threshold,
+        mask_threshold=config.evaluation.mask_threshold,
+    )
+
+
+def build_concept_recipe(config: Config, loaded: LoadedModel) -> TaskRecipe:
+    """The concept task and its datasets for ``sam3-lora train``."""
+    task = build_concept_task(config, loaded)
+    resolution = model_resolution(loaded, config)
+    train, valid = build_concept_datasets(config, resolution)
+    description = (
+        f"{len(train)} training images, {len(valid) if valid else 0} validation images, "
+        f"{len(train.coco.categories)} categories, resolution {resolution}"
+    )
+    return TaskRecipe(task, train, valid, description)

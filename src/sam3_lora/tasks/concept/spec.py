@@ -1,0 +1,88 @@
+"""SAM3 (``Sam3Model``): the facts the trainer, LoRA, the CLI and the predictor ask for."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from transformers import Sam3Model, Sam3Processor
+
+from sam3_lora.tasks.spec import TaskSpec
+
+#: LoRA component flags (``lora.apply_to_<component>``) -> the top-level ``Sam3Model`` modules
+#: they cover. ``text_projection`` maps the text encoder's output into the detector (Meta's
+#: text-encoder "resizer"); ``dot_product_scoring`` is the detector's classification head.
+COMPONENTS: dict[str, tuple[str, ...]] = {
+    "vision_encoder": ("vision_encoder",),
+    "text_encoder": ("text_encoder", "text_projection"),
+    "geometry_encoder": ("geometry_encoder",),
+    "detr_encoder": ("detr_encoder",),
+    "detr_decoder": ("detr_decoder", "dot_product_scoring"),
+    "mask_decoder": ("mask_decoder",),
+}
+
+#: SAM3's image normalisation (Meta's training and ``Sam3ImageProcessor``): mean 0.5, std 0.5.
+PIXEL_MEAN = (0.5, 0.5, 0.5)
+PIXEL_STD = (0.5, 0.5, 0.5)
+
+ALIASES = {
+    "tiny": "the small pretrained SAM3 shipped in assets/tiny-sam3 (shapes)",
+    "tiny-random": "a randomly initialised tiny SAM3 (same classes, small config), for tests",
+    "sam3-size": "the released SAM3 architecture on the meta device, without weights",
+}
+
+GATED_HINT = (
+    "SAM3 weights are gated: accept the licence on https://huggingface.co/facebook/sam3, run "
+    "`hf auth login`, then download once with `hf download facebook/sam3` (or point "
+    "`model.name_or_path` at a local folder). Offline, use `--model tiny`."
+)
+
+_VIT_LAYER = re.compile(r"vision_encoder\.backbone\.layers\.(\d+)\.")
+
+
+def build_alias(name: str) -> tuple[Any, Any]:
+    """``tiny`` -> the shipped folder's path; ``tiny-random`` / ``sam3-size`` -> built models."""
+    from sam3_lora.tasks.concept import tiny
+
+    if name == "tiny":
+        return tiny.tiny_sam3_dir(), None
+    if name == "tiny-random":
+        return tiny.random_tiny_sam3()
+    if name == "sam3-size":
+        return tiny.sam3_size_model(), None
+    raise KeyError(name)
+
+
+def layer_of(name: str, num_layers: int) -> tuple[str, int, int] | None:
+    """``(component, block index, blocks)`` of a ViT block parameter, for layer-wise decay
+    (Meta: block k of 32 gets ``decay^(32 - k)``, the patch embedding ``decay^33``)."""
+    match = _VIT_LAYER.search(name)
+    if match:
+        return "vision_encoder", int(match.group(1)) + 1, num_layers
+    if "vision_encoder.backbone.embeddings" in name:
+        return "vision_encoder", 0, num_layers
+    return None
+
+
+def build_recipe(config: Any, loaded: Any) -> Any:
+    from sam3_lora.tasks.concept.recipe import build_concept_recipe
+
+    return build_concept_recipe(config, loaded)
+
+
+SPEC = TaskSpec(
+    family="sam3",
+    task="concept",
+    model_class=Sam3Model,
+    processor_class=Sam3Processor,
+    default_model="facebook/sam3",
+    components=COMPONENTS,
+    default_components=("vision_encoder", "mask_decoder"),
+    pixel_mean=PIXEL_MEAN,
+    pixel_std=PIXEL_STD,
+    aliases=ALIASES,
+    build_alias=build_alias,
+    build_recipe=build_recipe,
+    layer_of=layer_of,
+    gated_hint=GATED_HINT,
+)

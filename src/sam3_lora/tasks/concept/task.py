@@ -1,0 +1,88 @@
+"""The concept task as the trainer sees it: module, collate, loss, validation, weight I/O."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from peft import PeftModel
+from torch import Tensor
+
+from sam3_lora.errors import AdapterError, CheckpointError
+from sam3_lora.lora import load_adapter_weights_strict, save_lora_weights
+from sam3_lora.models import load_model_weights_strict
+from sam3_lora.tasks.concept.loss import ConceptOutputs, PromptTarget, Sam3ConceptLoss
+from sam3_lora.tasks.concept.module import ConceptModel
+from sam3_lora.tasks.concept.samples import ConceptBatch, ConceptSample, collate_concept_samples
+from sam3_lora.tasks.concept.validation import prompt_statistics, summarize_validation
+
+
+class ConceptTask:
+    """Text-prompted SAM3 for the engine.
+
+    Args:
+        model: the :class:`ConceptModel` (the module the trainer prepares and wraps).
+        loss: the set-prediction loss.
+        score_threshold / mask_threshold: of the thresholded validation metrics.
+    """
+
+    def __init__(
+        self,
+        model: ConceptModel,
+        loss: Sam3ConceptLoss,
+        score_threshold: float = 0.5,
+        mask_threshold: float = 0.5,
+    ) -> None:
+        self.model = model
+        self.criterion = loss
+        self.score_threshold = score_threshold
+        self.mask_threshold = mask_threshold
+
+    def collate(self, samples: list[ConceptSample]) -> ConceptBatch:
+        return collate_concept_samples(samples)
+
+    def loss(
+        self, outputs: ConceptOutputs, batch: ConceptBatch, num_targets: float | None = None
+    ) -> dict[str, Tensor]:
+        """``{"loss": total, <term>: weighted term, ...}``; ``num_targets`` is the box
+        normaliser N (default: this batch's boxes; the trainer passes the mean over processes)."""
+        targets = [
+            PromptTarget(boxes=b, masks=m)
+            for b, m in zip(batch.target_boxes, batch.target_masks, strict=True)
+        ]
+        return self.criterion(outputs, targets, num_targets)
+
+    def validation_statistics(
+        self, outputs: ConceptOutputs, batch: ConceptBatch
+    ) -> dict[str, Tensor]:
+        """Per-prompt statistics (see :func:`prompt_statistics`) and the loss terms."""
+        statistics = prompt_statistics(outputs, batch, self.score_threshold, self.mask_threshold)
+        losses = self.loss(outputs, batch)
+        statistics.update({f"loss/{k}": v.detach().reshape(1) for k, v in losses.items()})
+        return statistics
+
+    def summarize_validation(self, steps: list[dict[str, Tensor]]) -> dict[str, float]:
+        return summarize_validation(steps)
+
+    @property
+    def network(self) -> torch.nn.Module:
+        """The PEFT model (LoRA) or the plain ``Sam3Model`` (full fine-tuning)."""
+        return self.model.network
+
+    def save_weights(self, folder: Path) -> None:
+        """Write what is trained into ``folder``: the adapter (PEFT format) for a LoRA model,
+        the whole model (``save_pretrained``) when every weight is trained."""
+        if isinstance(self.network, PeftModel):
+            save_lora_weights(self.network, folder)
+        else:
+            self.network.save_pretrained(folder, safe_serialization=True)
+
+    def load_weights(self, folder: Path) -> None:
+        """Load what :meth:`save_weights` wrote, strictly (missing / unexpected keys fail)."""
+        try:
+            if isinstance(self.network, PeftModel):
+                load_adapter_weights_strict(self.network, folder)
+            else:
+                load_model_weights_strict(self.network, Path(folder) / "model.safetensors")
+        except AdapterError as error:
+            raise CheckpointError(str(error)) from None

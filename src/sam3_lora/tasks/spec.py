@@ -1,0 +1,86 @@
+"""What the rest of the package needs to know about a model family, in one record."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from peft import PeftModel
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A model family's facts and builders.
+
+    Attributes:
+        family: ``model.family`` in the config (``sam3``).
+        task: the task folder (``concept``).
+        model_class / processor_class: the ``transformers`` classes.
+        default_model: the hub id used when the config names none.
+        components: LoRA component flag -> the model's top-level module names it covers; also
+            the groups of per-component learning rates and the parameter report.
+        default_components: the components adapted when the config sets no flag.
+        pixel_mean / pixel_std: image normalisation of the model's own processor.
+        aliases: ``--model`` names that are not hub ids or folders -> what they are.
+        build_alias: ``alias -> (model, processor or None)``.
+        build_recipe: ``(config, loaded) -> TaskRecipe`` (the trainable task and its datasets).
+        layer_of: ``(parameter name, trunk depth) -> (component, layer index, layers)`` for
+            layer-wise learning-rate decay, or None for parameters outside the layered trunk.
+        gated_hint: what to do when the default weights cannot be downloaded.
+    """
+
+    family: str
+    task: str
+    model_class: type
+    processor_class: type
+    default_model: str
+    components: dict[str, tuple[str, ...]]
+    default_components: tuple[str, ...]
+    pixel_mean: tuple[float, float, float]
+    pixel_std: tuple[float, float, float]
+    aliases: dict[str, str] = field(default_factory=dict)
+    build_alias: Callable[[str], tuple[Any, Any]] | None = None
+    build_recipe: Callable[..., Any] | None = None
+    layer_of: Callable[[str, int], tuple[str, int, int] | None] | None = None
+    gated_hint: str = ""
+
+    def component_of(self, name: str) -> str:
+        """The component flag that covers a module or parameter name (its top-level module
+        when no flag does); PEFT's ``base_model.model.`` prefix is looked through."""
+        parts = name.split(".")
+        if parts[:2] == ["base_model", "model"]:
+            parts = parts[2:]
+        for component, modules in self.components.items():
+            if parts[0] in modules:
+                return component
+        return parts[0]
+
+
+def unwrap_model(model: Any) -> Any:
+    """The ``transformers`` model inside PEFT / Accelerate / DDP / ``torch.compile`` wrappers
+    and the task modules (which keep it as ``.network``)."""
+    while True:
+        if isinstance(model, PeftModel):
+            model = model.get_base_model()
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, torch.nn.parallel.DistributedDataParallel) or (
+            hasattr(model, "module") and isinstance(model.module, torch.nn.Module)
+        ):
+            model = model.module
+        elif hasattr(model, "network") and isinstance(model.network, torch.nn.Module):
+            model = model.network
+        else:
+            return model
+
+
+@dataclass
+class TaskRecipe:
+    """What a task builds from a config for training: the engine's task and the datasets."""
+
+    task: Any
+    train_dataset: Any
+    valid_dataset: Any | None
+    description: str = ""
