@@ -262,15 +262,16 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _flags_are_components(self) -> Config:
+        flags = [name for name in self.lora.model_fields_set if name.startswith("apply_to_")]
+        if not flags:  # nothing set: the defaults fit (and the task need not be imported)
+            return self
         from sam3_lora.tasks import get_spec
 
         components = get_spec(self.model.family).components
         wrong = [
             name
-            for name in self.lora.model_fields_set
-            if name.startswith("apply_to_")
-            and name.removeprefix("apply_to_") not in components
-            and getattr(self.lora, name)
+            for name in flags
+            if name.removeprefix("apply_to_") not in components and getattr(self.lora, name)
         ]
         if wrong:
             raise ValueError(

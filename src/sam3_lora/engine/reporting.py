@@ -113,7 +113,8 @@ def plot_curves(rows: list[dict[str, Any]], output_path: Path) -> Path | None:
     metric_axis.set_xlabel("step")
     metric_axis.set_ylim(0, 1)
     metric_axis.set_title("validation")
-    metric_axis.legend()
+    if metric_axis.get_legend_handles_labels()[0]:
+        metric_axis.legend()
     figure.tight_layout()
     figure.savefig(output_path, dpi=110)
     plt.close(figure)
