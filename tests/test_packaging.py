@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -35,9 +36,20 @@ def _run(command: list[str], cwd: Path, env: dict[str, str], timeout: int) -> st
 def test_wheel_installs_and_runs_outside_the_source_tree(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env["HF_HUB_OFFLINE"] = "1"
+    # Build from a copy of what the project declares, so no build/ is left in the checkout.
+    source = tmp_path / "source"
+    local = {REPO / name for name in (".git", "build", "dist", "outputs", "data", ".venv")}
+    shutil.copytree(
+        REPO,
+        source,
+        ignore=lambda folder, names: (
+            [n for n in names if Path(folder) / n in local]
+            + [n for n in names if n.endswith(".egg-info") or n == "__pycache__"]
+        ),
+    )
     wheels = tmp_path / "wheels"
     _run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(REPO)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(source)],
         tmp_path,
         env,
         600,
