@@ -16,7 +16,8 @@ DETECTION_TERMS = ("class", "presence", "box_l1", "giou")
 MASK_TERMS = ("mask_focal", "mask_dice", "semantic_focal", "semantic_dice")
 
 # ---------------------------------------------------------------------------------------------
-# Reference formulas in NumPy, written from docs/TRAINING-FACTS.md (not from the implementation).
+# Reference formulas in NumPy, written from Meta's semantics (docs/training.md), not from the
+# implementation.
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:

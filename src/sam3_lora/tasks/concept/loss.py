@@ -2,7 +2,7 @@
 
 Our own implementation of what ``sam3/train/loss/loss_fns.py`` (``IABCEMdetr``, ``Boxes``,
 ``Masks``, ``SemanticSegCriterion``) and ``sam3/train/loss/sam3_loss.py`` (``Sam3LossWrapper``)
-compute for an image batch; see docs/TRAINING-FACTS.md. B is the number of (image, prompt) pairs,
+compute for an image batch; see docs/training.md. B is the number of (image, prompt) pairs,
 Q the queries per prompt, N the number of target boxes used for normalisation.
 
 On every decoder layer (each matched on its own outputs with :func:`match_queries`):
