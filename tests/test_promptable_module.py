@@ -19,15 +19,16 @@ CREATE = {"sam2": create_tiny_sam2, "sam3_tracker": create_tiny_sam3_tracker}
 
 @pytest.fixture(autouse=True)
 def one_thread() -> object:
+    """One intra-op thread: two contend on a shared 2-core machine and slow tiny models 50x."""
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
 
 
-def _batch(size: int, seed: int = 1, objects: int = 4) -> PromptBatch:
-    """Two random images; rectangles of different shapes as targets (image 0 holds the first
-    ``objects - 1``, image 1 the last)."""
+def make_batch(size: int, seed: int = 1, objects: int = 4) -> PromptBatch:
+    """A batch of two random images; rectangles of different shapes as targets (image 0 holds
+    the first ``objects - 1``, image 1 the last)."""
     generator = torch.Generator().manual_seed(0)
     masks = torch.zeros(objects, size, size, dtype=torch.bool)
     for k in range(objects):
@@ -63,7 +64,7 @@ def _size(model: torch.nn.Module) -> int:
 def test_training_steps_cover_every_object_with_meta_mask_counts(family: str) -> None:
     model = CREATE[family]().model
     module = PromptableModel(model, correction_rounds=3).train()
-    batch = _batch(_size(model))
+    batch = make_batch(_size(model))
     outputs = module(batch)
     assert len(outputs.steps) == 4 and outputs.num_objects == 4
     low_res = 4 * model.prompt_encoder.image_embedding_size[0]
@@ -87,7 +88,7 @@ def test_training_steps_cover_every_object_with_meta_mask_counts(family: str) ->
 def test_eval_predictions_equal_the_transformers_forward(family: str) -> None:
     model = CREATE[family]().model
     module = PromptableModel(model).eval()
-    batch = _batch(_size(model))
+    batch = make_batch(_size(model))
     image_of = batch.object_image_index
     with torch.no_grad():
         (box,) = module(batch, prompt="box").final()
@@ -116,7 +117,7 @@ def test_eval_predictions_equal_the_transformers_forward(family: str) -> None:
 def test_eval_is_deterministic_and_center_clicks_correct_the_error() -> None:
     model = create_tiny_sam2().model
     module = PromptableModel(model, eval_prompt="point", eval_correction_clicks=2).eval()
-    batch = _batch(128)
+    batch = make_batch(128)
     with torch.no_grad():
         first, second = module(batch), module(batch)
     assert len(first.steps) == 3
@@ -138,10 +139,10 @@ def test_training_prompts_are_seeded_and_clicks_land_in_error_regions() -> None:
     module = PromptableModel(
         model, correction_rounds=3, gt_click_probability=0.0, gate_masks_by_object_score=False
     ).train()
-    batch = _batch(128, seed=7)
+    batch = make_batch(128, seed=7)
     with torch.no_grad():
         outputs, again = module(batch), module(batch)
-        other = module(_batch(128, seed=8))
+        other = module(make_batch(128, seed=8))
     for a, b in zip(outputs.steps, again.steps, strict=True):
         for p, q in zip(a, b, strict=True):
             assert torch.equal(p.points, q.points) and torch.equal(p.mask_logits, q.mask_logits)
@@ -174,7 +175,7 @@ def test_one_vision_call_per_forward_shared_by_all_objects() -> None:
         lambda _m, args, _o: calls.append(args[0].shape[0])
     )
     try:
-        outputs = module(_batch(128))
+        outputs = module(make_batch(128))
     finally:
         handle.remove()
     assert calls == [2]  # two images, once, for 4 objects x 8 steps
@@ -187,7 +188,7 @@ def test_gradients_reach_lora_in_the_image_encoder_through_peft() -> None:
         model, LoraConfig(r=4, lora_alpha=8, target_modules=lora_target_modules(model))
     )
     module = PromptableModel(peft_model, correction_rounds=2).train()
-    batch = _batch(128)
+    batch = make_batch(128)
     losses = PromptableLoss()(module(batch).steps, batch.target_masks)
     losses["loss"].backward()
     lora = {n: p for n, p in peft_model.named_parameters() if "lora_B" in n}
@@ -202,7 +203,7 @@ def test_gradients_reach_lora_in_the_image_encoder_through_peft() -> None:
 
 def test_mask_feedback_and_object_score_gating() -> None:
     model = create_tiny_sam2().model
-    batch = _batch(128)
+    batch = make_batch(128)
     with torch.no_grad():
         fed = PromptableModel(model, correction_rounds=1, gate_masks_by_object_score=False).train()
         unfed = PromptableModel(
@@ -228,12 +229,12 @@ def test_mask_feedback_and_object_score_gating() -> None:
 def test_batch_without_objects_and_bad_arguments() -> None:
     model = create_tiny_sam2().model
     module = PromptableModel(model).train()
-    empty = _batch(128)
+    empty = make_batch(128)
     empty.object_image_index = empty.object_image_index[:0]
     empty.target_masks = empty.target_masks[:0]
     assert module(empty).steps == []
     with pytest.raises(ValueError, match="prompt must be one of"):
-        module(_batch(128), prompt="scribble")
+        module(make_batch(128), prompt="scribble")
     with pytest.raises(ValueError, match="eval_prompt"):
         PromptableModel(model, eval_prompt="mask")
     with pytest.raises(TypeError, match="Sam2Model"):
