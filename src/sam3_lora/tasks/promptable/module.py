@@ -251,6 +251,7 @@ def _resize(logits: Tensor, size: tuple[int, int]) -> Tensor:
     """[n, h, w] logits bilinearly resized to ``size``."""
     if tuple(logits.shape[-2:]) == tuple(size):
         return logits
-    return F.interpolate(logits[:, None].float(), size=size, mode="bilinear", align_corners=False)[
-        :, 0
-    ]
+    resized = F.interpolate(
+        logits[:, None].float(), size=size, mode="bilinear", align_corners=False
+    )
+    return resized[:, 0]

@@ -20,10 +20,9 @@ Training (``sample_*``, Meta's ``sam2/modeling/sam2_utils.py``):
 Evaluation (``center_clicks``, Meta's "center" / RITM sampling): the click is the error-region
 pixel farthest from the region's border (the mask's centre-most pixel for the first click).
 
-Randomness comes only from the ``torch.Generator`` passed in (on the CPU): a few uniform numbers
-per object, whatever the device of the masks, so a seed gives the same prompts on CPU and GPU.
-Where Meta draws the box-or-click and the from-ground-truth choices once per batch, we draw them
-per object (same probabilities).
+Randomness comes only from the CPU ``torch.Generator`` passed in (a few uniform numbers per
+object, whatever the masks' device: a seed gives the same prompts on CPU and GPU). Meta draws the
+box-or-click and from-ground-truth choices once per batch; we draw them per object.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
-from sam3_lora.data.coco import CocoDataset, decode_segmentation
+from sam3_lora.data.coco import CocoDataset, ImageRecord, decode_segmentation
 from sam3_lora.tasks.promptable.spec import ImageInput
 
 logger = logging.getLogger(__name__)
@@ -239,9 +239,9 @@ class PromptDataset(Dataset[PromptSample]):
         )
 
     @staticmethod
-    def _mask(annotation: dict, box_xyxy: np.ndarray, record: object) -> np.ndarray:
+    def _mask(annotation: dict, box_xyxy: np.ndarray, record: ImageRecord) -> np.ndarray:
         """The instance's mask at the image size; its box filled when it has no segmentation."""
-        height, width = record.height, record.width  # type: ignore[attr-defined]
+        height, width = record.height, record.width
         segmentation = annotation.get("segmentation")
         if segmentation:
             return decode_segmentation(segmentation, height, width)
