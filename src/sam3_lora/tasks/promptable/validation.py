@@ -57,7 +57,8 @@ def validation_step(
     prompt: str | None = None,
     correction_clicks: int | None = None,
 ) -> dict[str, Tensor]:
-    """Per-object metrics and the loss terms of one batch, with evaluation prompts.
+    """Per-object metrics and the loss terms of one batch, with evaluation prompts, in eval
+    mode (restored afterwards).
 
     Args:
         model: the task module (its ``eval_prompt`` / ``eval_correction_clicks`` by default).
@@ -69,9 +70,12 @@ def validation_step(
         ``iou`` / ``dice`` / ``category_ids`` per object [N], ``objects`` [1], and
         ``loss/<term>`` [1] for the total and every weighted term.
     """
-    if prompt is None and model.training:
-        prompt = model.eval_prompt  # never sample prompts for validation
-    outputs = model(batch, prompt=prompt, correction_clicks=correction_clicks)
+    was_training = model.training
+    model.eval()  # evaluation prompts, no object-score gating, transformers' inference heads
+    try:
+        outputs = model(batch, prompt=prompt, correction_clicks=correction_clicks)
+    finally:
+        model.train(was_training)
     device = batch.target_masks.device
     record = {
         "objects": torch.tensor([float(batch.num_objects)], device=device),
