@@ -11,7 +11,7 @@ from sam3_lora.tasks.promptable.loss import PromptableLoss
 from sam3_lora.tasks.promptable.module import NO_OBJECT_SCORE, PromptableModel
 from sam3_lora.tasks.promptable.prompts import center_clicks, mask_boxes
 from sam3_lora.tasks.promptable.samples import PromptBatch
-from sam3_lora.tasks.promptable.spec import lora_target_modules
+from sam3_lora.tasks.promptable.spec import lora_target_modules, unused_parameter_names
 from sam3_lora.tasks.promptable.tiny import create_tiny_sam2, create_tiny_sam3_tracker
 
 CREATE = {"sam2": create_tiny_sam2, "sam3_tracker": create_tiny_sam3_tracker}
@@ -167,6 +167,17 @@ def test_training_prompts_are_seeded_and_clicks_land_in_error_regions() -> None:
             ).all()
 
 
+@pytest.mark.parametrize("family", list(CREATE))
+def test_full_fine_tuning_reaches_every_parameter_but_the_known_unused(family: str) -> None:
+    model = CREATE[family]().model
+    module = PromptableModel(model, correction_rounds=2).train()
+    batch = make_batch(_size(model))
+    PromptableLoss()(module(batch).steps, batch.target_masks)["loss"].backward()
+    without = sorted(n for n, p in model.named_parameters() if p.grad is None)
+    assert without == sorted(unused_parameter_names(model))
+    assert bool(without) == (family == "sam3_tracker")
+
+
 def test_one_vision_call_per_forward_shared_by_all_objects() -> None:
     model = create_tiny_sam2().model
     module = PromptableModel(model, correction_rounds=7).train()
@@ -239,3 +250,21 @@ def test_batch_without_objects_and_bad_arguments() -> None:
         PromptableModel(model, eval_prompt="mask")
     with pytest.raises(TypeError, match="Sam2Model"):
         PromptableModel(torch.nn.Linear(2, 2))
+
+
+def test_ddp_wraps_the_whole_forward(tmp_path: object) -> None:
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    model = create_tiny_sam2().model
+    peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=lora_target_modules(model)))
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
+    try:
+        wrapped = DistributedDataParallel(PromptableModel(peft_model, correction_rounds=2).train())
+        batch = make_batch(128)
+        losses = PromptableLoss()(wrapped(batch).steps, batch.target_masks)
+        losses["loss"].backward()
+        grads = [p.grad for n, p in peft_model.named_parameters() if "lora_B" in n]
+        assert grads and all(g is not None for g in grads)
+    finally:
+        dist.destroy_process_group()

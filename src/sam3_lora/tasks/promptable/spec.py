@@ -243,6 +243,26 @@ def lora_target_modules(
     return sorted(names)
 
 
+def unused_parameter_names(model: torch.nn.Module) -> list[str]:
+    """Parameters of a bare model that the promptable forward never reaches (no gradient).
+
+    ``Sam3TrackerModel`` with SAM3's four-level neck (as facebook/sam3 loads) computes a 0.5-scale
+    level that it drops, and adds ``no_memory_embedding`` to that dropped level. Full fine-tuning
+    under DDP must freeze these (or use ``find_unused_parameters``). ``Sam2Model`` uses all.
+    """
+    base = base_model(model)
+    if not isinstance(base, Sam3TrackerModel):
+        return []
+    levels = len(base.config.vision_config.scale_factors)
+    kept = len(base.backbone_feature_sizes)
+    if levels <= kept:
+        return []
+    prefixes = tuple(f"vision_encoder.neck.fpn_layers.{level}." for level in range(kept, levels))
+    return ["no_memory_embedding"] + [
+        n for n, _ in base.named_parameters() if n.startswith(prefixes)
+    ]
+
+
 def sam2_size_config(size: str) -> Sam2Config:
     """The ``Sam2Config`` of a released SAM2.1 size (``tiny``, ``small``, ``base-plus``,
     ``large``): 1024 px, 256-d prompt encoder and mask decoder."""
