@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader
 
 from sam3_lora.data.coco import CocoDataset
@@ -28,7 +30,8 @@ def one_thread() -> object:
 
 @pytest.fixture
 def squares(tmp_path: Path) -> CocoDataset:
-    """Two 96 x 64 images with three squares each."""
+    """Two 96 x 64 images with three bright squares each on a dark background (drawn here:
+    data_factory's noise images depend on the process's string-hash seed)."""
     images = [{"id": i, "file_name": f"{i}.png", "width": 96, "height": 64} for i in (1, 2)]
     annotations = [
         {
@@ -43,9 +46,16 @@ def squares(tmp_path: Path) -> CocoDataset:
         for image in (1, 2)
         for k in range(3)
     ]
-    return CocoDataset(
-        write_coco(tmp_path / "squares", coco_dict(images=images, annotations=annotations))
-    )
+    folder = tmp_path / "squares"
+    annotation_file = write_coco(folder, coco_dict(images=images, annotations=annotations), False)
+    for image in images:
+        pixels = np.full((64, 96, 3), 30, dtype=np.uint8)
+        for annotation in annotations:
+            if annotation["image_id"] == image["id"]:
+                x, y, w, h = annotation["bbox"]
+                pixels[y : y + h, x : x + w] = 220
+        Image.fromarray(pixels).save(folder / image["file_name"])
+    return CocoDataset(annotation_file)
 
 
 def _train(coco: CocoDataset, steps: int) -> tuple[list[float], dict[str, float], dict[str, float]]:
@@ -76,14 +86,12 @@ def _train(coco: CocoDataset, steps: int) -> tuple[list[float], dict[str, float]
     return losses, before, after
 
 
-def test_a_few_training_steps_lower_the_validation_loss(
-    squares: CocoDataset, one_thread: None
-) -> None:
+def test_a_few_training_steps_improve_validation(squares: CocoDataset, one_thread: None) -> None:
     losses, before, after = _train(squares, steps=12)
     assert all(torch.isfinite(torch.tensor(losses)))
-    # From scratch, masks need hundreds of steps (one batch, 800 steps: IoU 0.997, docs/sam2.md);
-    # a dozen already lower the validation loss (4.50 -> 3.49 with this seed).
-    assert after["val/loss"] < 0.9 * before["val/loss"]
+    # Measured: validation loss 4.48 -> 1.59, mIoU 0.08 -> 0.30 (box prompts, 12 steps).
+    assert after["val/loss"] < 0.5 * before["val/loss"]
+    assert after["val/miou"] > before["val/miou"] + 0.15
     assert set(after) >= {"val/miou", "val/dice", "val/loss", "val/loss_mask_focal", "val/objects"}
     again, _, _ = _train(squares, steps=2)
     assert again == losses[:2]  # seeded end to end: data, prompts, clicks
