@@ -1,0 +1,305 @@
+"""What the rest of the code needs to know about the promptable models, in one place.
+
+Two families share the task code: ``sam2`` (SAM2 / SAM2.1, ``Sam2Model`` + ``Sam2Processor``,
+Hiera image encoder, 1024 px, ImageNet statistics) and ``sam3_tracker`` (SAM3's interactive
+point / box mode, ``Sam3TrackerModel`` + ``Sam3TrackerProcessor``, SAM3's ViT, 1008 px, mean and
+std 0.5). Both have the same top level: ``vision_encoder``, ``prompt_encoder``, ``mask_decoder``,
+``shared_image_embedding`` (the image-wide positional encoding, a buffer copied from the prompt
+encoder's) and the ``no_memory_embedding`` parameter (added to the image embedding; Meta's
+``no_mem_embed``).
+
+Real-size architectures build on the meta device without weights (:func:`size_model`); their
+parameter counts are in docs/sam2.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import torch
+from transformers import (
+    Sam2Config,
+    Sam2ImageProcessor,
+    Sam2Model,
+    Sam2Processor,
+    Sam3ImageProcessor,
+    Sam3TrackerConfig,
+    Sam3TrackerModel,
+    Sam3TrackerProcessor,
+)
+
+from sam3_lora.errors import ConfigError
+
+FAMILIES = ("sam2", "sam3_tracker")
+
+#: LoRA component flag -> the model's top-level modules / parameters it covers. Every parameter
+#: belongs to exactly one component (tests check it on tiny and real-size models of both families).
+#: ``no_memory_embedding`` is a model-level vector added to the image embedding the mask decoder
+#: reads; Meta trains it with the decoder's learning rate (not the image encoder's), so it is here.
+COMPONENTS: dict[str, tuple[str, ...]] = {
+    "image_encoder": ("vision_encoder",),
+    "prompt_encoder": ("prompt_encoder", "shared_image_embedding"),
+    "mask_decoder": ("mask_decoder", "no_memory_embedding"),
+}
+
+#: Mask-decoder LoRA targets (both families): the two-way transformer's attention projections and
+#: MLPs. ``mlp.proj_in`` keeps the hypernetwork MLPs and the IoU / object-score heads (whose
+#: layers are also named ``proj_in`` / ``proj_out``) out.
+MASK_DECODER_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "mlp.proj_in", "mlp.proj_out")
+
+SAM2_SIZES = ("tiny", "small", "base-plus", "large")
+
+#: The released SAM2.1 checkpoints on the Hugging Face hub.
+SAM2_HUB_IDS = {size: f"facebook/sam2.1-hiera-{size}" for size in SAM2_SIZES}
+SAM3_TRACKER_HUB_ID = "facebook/sam3"
+
+# Hiera settings of the released SAM2.1 sizes (Meta's sam2/configs/sam2.1/sam2.1_hiera_*.yaml,
+# as transformers' convert_sam2_to_hf.py writes them). Heads and widths double at each stage.
+_HIERA: dict[str, dict[str, object]] = {
+    "tiny": {},
+    "small": {"blocks_per_stage": [1, 2, 11, 2], "global_attention_blocks": [7, 10, 13]},
+    "base-plus": {
+        "hidden_size": 112,
+        "embed_dim_per_stage": [112, 224, 448, 896],
+        "num_attention_heads_per_stage": [2, 4, 8, 16],
+        "blocks_per_stage": [2, 3, 16, 3],
+        "global_attention_blocks": [12, 16, 20],
+        "window_positional_embedding_background_size": [14, 14],
+    },
+    "large": {
+        "hidden_size": 144,
+        "embed_dim_per_stage": [144, 288, 576, 1152],
+        "num_attention_heads_per_stage": [2, 4, 8, 16],
+        "blocks_per_stage": [2, 6, 36, 4],
+        "global_attention_blocks": [23, 33, 43],
+        "window_positional_embedding_background_size": [7, 7],
+        "window_size_per_stage": [8, 4, 16, 8],
+    },
+}
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    """How images enter the model: square resize to ``resolution``, then ``(x/255 - mean) / std``.
+
+    The processors resize without keeping the aspect ratio (bilinear, antialiased) and scale
+    point / box coordinates by ``resolution / width`` and ``resolution / height``.
+    """
+
+    resolution: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    @classmethod
+    def from_processor(cls, processor: object) -> ImageInput:
+        """Read the statistics from a ``Sam2Processor`` / ``Sam3TrackerProcessor`` (or its image
+        processor), so that a model is always fed as its own processor would feed it."""
+        image_processor = getattr(processor, "image_processor", processor)
+        size = image_processor.size
+        height, width = (size["height"], size["width"]) if "height" in size else (None, None)
+        if height is None or height != width:
+            raise ConfigError(
+                f"{type(image_processor).__name__} resizes to {dict(size)}; the promptable task "
+                "needs a square size {'height': S, 'width': S}"
+            )
+        return cls(
+            resolution=int(height),
+            mean=tuple(float(v) for v in image_processor.image_mean),
+            std=tuple(float(v) for v in image_processor.image_std),
+        )
+
+
+@dataclass(frozen=True)
+class PromptableSpec:
+    """Facts of one model family.
+
+    Attributes:
+        family: ``sam2`` or ``sam3_tracker``.
+        model_class / config_class / processor_class / image_processor_class: transformers classes.
+        image_input: the released model's resolution and normalisation.
+        lora_targets: per component, the dotted name suffixes of the default LoRA layers (image
+            encoder: attention projections only; mask decoder: :data:`MASK_DECODER_TARGETS`).
+        lora_components: components that carry LoRA by default (the prompt encoder stays frozen).
+    """
+
+    family: str
+    model_class: type
+    config_class: type
+    processor_class: type
+    image_processor_class: type
+    image_input: ImageInput
+    lora_targets: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    lora_components: tuple[str, ...] = ("image_encoder", "mask_decoder")
+
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+SPECS: dict[str, PromptableSpec] = {
+    "sam2": PromptableSpec(
+        family="sam2",
+        model_class=Sam2Model,
+        config_class=Sam2Config,
+        processor_class=Sam2Processor,
+        image_processor_class=Sam2ImageProcessor,
+        image_input=ImageInput(1024, IMAGENET_MEAN, IMAGENET_STD),
+        # Hiera: ``blocks.N.attn.qkv`` / ``blocks.N.attn.proj``. A bare ``proj`` would also hit the
+        # stage-transition projections ``blocks.N.proj`` and ``mlp.proj_in`` the MLPs.
+        lora_targets={
+            "image_encoder": ("attn.qkv", "attn.proj"),
+            "mask_decoder": MASK_DECODER_TARGETS,
+        },
+    ),
+    "sam3_tracker": PromptableSpec(
+        family="sam3_tracker",
+        model_class=Sam3TrackerModel,
+        config_class=Sam3TrackerConfig,
+        processor_class=Sam3TrackerProcessor,
+        # facebook/sam3 ships SAM3's image processor (1008 px, mean = std = 0.5).
+        image_processor_class=Sam3ImageProcessor,
+        image_input=ImageInput(1008, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+        # SAM3's ViT splits Meta's fused ``qkv`` into q / k / v and names ``proj`` ``o_proj``.
+        lora_targets={
+            "image_encoder": tuple(
+                f"attention.{n}" for n in ("q_proj", "k_proj", "v_proj", "o_proj")
+            ),
+            "mask_decoder": MASK_DECODER_TARGETS,
+        },
+    ),
+}
+
+
+def get_spec(family: str) -> PromptableSpec:
+    """The spec of ``family``; :class:`ConfigError` naming the known families otherwise."""
+    try:
+        return SPECS[family]
+    except KeyError:
+        raise ConfigError(
+            f"model.family `{family}` is not a promptable family; use one of {', '.join(FAMILIES)}"
+        ) from None
+
+
+def base_model(model: torch.nn.Module) -> Sam2Model | Sam3TrackerModel:
+    """The ``Sam2Model`` / ``Sam3TrackerModel`` inside PEFT / Accelerate / DDP wrappers."""
+    while not isinstance(model, Sam2Model | Sam3TrackerModel):
+        if hasattr(model, "get_base_model"):  # peft.PeftModel
+            model = model.get_base_model()
+        elif hasattr(model, "module"):  # DDP, Accelerate
+            model = model.module
+        elif hasattr(model, "_orig_mod"):  # torch.compile
+            model = model._orig_mod
+        else:
+            raise TypeError(
+                f"expected a Sam2Model or Sam3TrackerModel (possibly wrapped), got "
+                f"{type(model).__name__}"
+            )
+    return model
+
+
+def family_of(model: torch.nn.Module) -> str:
+    """``sam2`` or ``sam3_tracker`` for a (possibly wrapped) model."""
+    return "sam3_tracker" if isinstance(base_model(model), Sam3TrackerModel) else "sam2"
+
+
+def component_of(name: str) -> str | None:
+    """The component of a parameter or module name of the bare model (None if outside all)."""
+    for component, prefixes in COMPONENTS.items():
+        if any(name == prefix or name.startswith(prefix + ".") for prefix in prefixes):
+            return component
+    return None
+
+
+def lora_target_modules(
+    model: torch.nn.Module,
+    components: Iterable[str] | None = None,
+    targets: dict[str, tuple[str, ...]] | None = None,
+) -> list[str]:
+    """Full names of the ``nn.Linear`` layers that get LoRA by default.
+
+    Args:
+        model: a bare ``Sam2Model`` / ``Sam3TrackerModel``.
+        components: components to adapt; default: the spec's ``lora_components``.
+        targets: per component, dotted name suffixes; default: the spec's ``lora_targets``.
+
+    Returns:
+        Sorted module names, e.g. ``vision_encoder.backbone.blocks.0.attn.qkv``; a list PEFT's
+        ``target_modules`` accepts as is.
+    """
+    spec = get_spec(family_of(model))
+    components = tuple(components if components is not None else spec.lora_components)
+    targets = targets if targets is not None else spec.lora_targets
+    unknown = [c for c in components if c not in COMPONENTS]
+    if unknown:
+        raise ConfigError(f"unknown LoRA component(s) {unknown}; known: {', '.join(COMPONENTS)}")
+    names = []
+    for name, module in model.named_modules():
+        component = component_of(name)
+        if component not in components or not isinstance(module, torch.nn.Linear):
+            continue
+        suffixes = targets.get(component, ())
+        if any(name == s or name.endswith("." + s) for s in suffixes):
+            names.append(name)
+    return sorted(names)
+
+
+def unused_parameter_names(model: torch.nn.Module) -> list[str]:
+    """Parameters of a bare model that the promptable forward never reaches (no gradient).
+
+    ``Sam3TrackerModel`` with SAM3's four-level neck (as facebook/sam3 loads) computes a 0.5-scale
+    level that it drops, and adds ``no_memory_embedding`` to that dropped level. Full fine-tuning
+    under DDP must freeze these (or use ``find_unused_parameters``). ``Sam2Model`` uses all.
+    """
+    base = base_model(model)
+    if not isinstance(base, Sam3TrackerModel):
+        return []
+    levels = len(base.config.vision_config.scale_factors)
+    kept = len(base.backbone_feature_sizes)
+    if levels <= kept:
+        return []
+    prefixes = tuple(f"vision_encoder.neck.fpn_layers.{level}." for level in range(kept, levels))
+    return ["no_memory_embedding"] + [
+        n for n, _ in base.named_parameters() if n.startswith(prefixes)
+    ]
+
+
+def sam2_size_config(size: str) -> Sam2Config:
+    """The ``Sam2Config`` of a released SAM2.1 size (``tiny``, ``small``, ``base-plus``,
+    ``large``): 1024 px, 256-d prompt encoder and mask decoder."""
+    if size not in _HIERA:
+        raise ConfigError(f"unknown SAM2.1 size `{size}`; use one of {', '.join(SAM2_SIZES)}")
+    backbone = {"model_type": "sam2_hiera_det_model", **_HIERA[size]}
+    widths = backbone.get("embed_dim_per_stage", [96, 192, 384, 768])
+    vision = {"backbone_config": backbone, "backbone_channel_list": list(reversed(widths))}
+    return Sam2Config(vision_config=vision)
+
+
+def sam2_size_model(size: str) -> Sam2Model:
+    """A released SAM2.1 architecture on the meta device: no weights, no memory."""
+    config = sam2_size_config(size)
+    with torch.device("meta"):
+        return Sam2Model(config)
+
+
+def sam3_tracker_size_model() -> Sam3TrackerModel:
+    """SAM3's tracker as ``facebook/sam3`` loads into ``Sam3TrackerModel`` (``Sam3TrackerConfig()``
+    defaults: the 32-layer ViT and its four-level neck), on the meta device."""
+    with torch.device("meta"):
+        return Sam3TrackerModel(Sam3TrackerConfig())
+
+
+#: ``--model`` names of the real-size architectures without weights (``lora-info``).
+SIZE_MODELS: dict[str, Callable[[], torch.nn.Module]] = {
+    **{f"sam2.1-{size}-size": (lambda s=size: sam2_size_model(s)) for size in SAM2_SIZES},
+    "sam3-tracker-size": sam3_tracker_size_model,
+}
+
+
+def size_model(name: str) -> torch.nn.Module:
+    """Build one of :data:`SIZE_MODELS` (e.g. ``sam2.1-large-size``) on the meta device."""
+    try:
+        return SIZE_MODELS[name]()
+    except KeyError:
+        raise ConfigError(
+            f"unknown model size `{name}`; use one of {', '.join(SIZE_MODELS)}"
+        ) from None
