@@ -29,7 +29,7 @@ class LoadedModel:
     model: Any
     processor: Any | None
     source: str
-    spec: TaskSpec
+    spec: TaskSpec | None = None
 
 
 def load_model(
