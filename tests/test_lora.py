@@ -305,3 +305,30 @@ def test_parameter_report_on_released_architecture() -> None:
     assert 1.0 < report.percent < 1.2
     minimal = parameter_report(apply_lora_to_model(sam3_size_model(), load_config("minimal").lora))
     assert minimal.trainable == 32 * 2 * (1024 * 4 * 2)
+
+
+@pytest.mark.parametrize("targets", [["all"], ["text_projection", "q_proj"]])
+def test_every_adapted_layer_trains(shapes_dir: Path, targets: list[str]) -> None:
+    # LoRA never lands on a layer the forward skips (CLIP's own text_projection): it would not
+    # train, and DistributedDataParallel refuses parameters without gradients.
+    from sam3_lora.data.coco import CocoDataset
+    from sam3_lora.data.transforms import build_transforms
+    from sam3_lora.tasks.concept.loss import Sam3ConceptLoss
+    from sam3_lora.tasks.concept.module import ConceptModel
+    from sam3_lora.tasks.concept.samples import ConceptDataset, collate_concept_samples
+    from sam3_lora.tasks.concept.spec import PIXEL_MEAN, PIXEL_STD
+    from sam3_lora.tasks.concept.task import ConceptTask
+
+    flags = {f"apply_to_{name}": name != "geometry_encoder" for name in COMPONENTS}
+    settings = LoraSettings(rank=2, dropout=0.0, target_modules=targets, **flags)
+    loaded = load_sam3("tiny-random")
+    model = apply_lora_to_model(loaded.model, settings)
+    task = ConceptTask(ConceptModel(model, loaded.processor.tokenizer), Sam3ConceptLoss())
+    transform = build_transforms(224, train=False, pixel_mean=PIXEL_MEAN, pixel_std=PIXEL_STD)
+    dataset = ConceptDataset(CocoDataset.from_split_dir(shapes_dir / "train"), transform, True)
+    batch = collate_concept_samples([dataset[0]])
+    task.loss(task.model(batch), batch)["loss"].backward()
+    adapted = [(n, p) for n, p in model.named_parameters() if "lora_" in n]
+    assert adapted
+    assert [n for n, p in adapted if p.grad is None] == []
+    assert not any("text_encoder.text_projection" in n for n, _ in adapted)

@@ -116,6 +116,12 @@ class TrainingSettings(_Section):
     eval_at_start: bool = Field(
         True, description="validate before the first step: the base model's numbers"
     )
+    distributed_timeout_s: int = Field(
+        600,
+        ge=10,
+        description="N processes: a collective that waits longer (a process died or hangs) "
+        "ends the run with an error",
+    )
 
 
 class SplitSettings(_Section):

@@ -59,10 +59,13 @@ class LoraTargets:
 def _linear_modules(
     model: torch.nn.Module, components: list[str], spec: TaskSpec
 ) -> dict[str, torch.nn.Linear]:
+    unused = spec.unused_modules
     return {
         name: module
         for name, module in model.named_modules()
-        if isinstance(module, torch.nn.Linear) and spec.component_of(name) in components
+        if isinstance(module, torch.nn.Linear)
+        and spec.component_of(name) in components
+        and not any(name == u or name.endswith("." + u) for u in unused)
     }
 
 
@@ -101,8 +104,11 @@ def resolve_targets(
         leaf_names.extend(name for name in expanded if name not in leaf_names)
     names = tuple(sorted(n for n in linears if n.rsplit(".", 1)[-1] in leaf_names))
     owners = [module for component in components for module in spec.components[component]]
-    # A name that starts with one of the components' modules and ends with a target leaf.
+    # A name that starts with one of the components' modules and ends with a target leaf (and
+    # is not a module the forward never runs).
     regex = rf"^(?=({'|'.join(owners)})(\.|$))(.*\.)?({'|'.join(leaf_names)})$"
+    if spec.unused_modules:
+        regex = f"^(?!({'|'.join(re.escape(u) for u in spec.unused_modules)})$)" + regex[1:]
     return LoraTargets(names, regex, spec)
 
 

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,15 @@ def build_recipe(config: Config) -> TaskRecipe:
     return loaded.spec.build_recipe(config, loaded)
 
 
+def is_main_process() -> bool:
+    """Rank 0 of a launch (``RANK`` from torchrun / accelerate), or a single process.
+
+    Read from the environment: creating Accelerate's state here would set up the process group
+    before the trainer can give it its timeout.
+    """
+    return int(os.environ.get("RANK", "0") or 0) == 0
+
+
 class SAM3TrainerNative:
     """Train an adapter as a config says (the SAM3-LoRA name; every family trains through it).
 
@@ -42,18 +52,21 @@ class SAM3TrainerNative:
     def train(self, resume: str | Path | bool | None = None) -> dict[str, Any]:
         """Train; ``resume=True`` continues from the latest checkpoint, a path from that one."""
         config = self.config
+        main = is_main_process()  # one process prints and writes
         recipe = build_recipe(config)
         report = parameter_report(recipe.task.model)
         source = config.model.name_or_path
-        self.console.print(parameter_table(report, title=f"LoRA on {source}"))
-        self.console.print(recipe.description)
-        output_dir = Path(config.output.output_dir)
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "config.yaml").write_text(config.to_yaml(), encoding="utf-8")
+        if main:
+            self.console.print(parameter_table(report, title=f"LoRA on {source}"))
+            self.console.print(recipe.description)
+            output_dir = Path(config.output.output_dir)
+            output_dir.mkdir(parents=True, exist_ok=True)
+            (output_dir / "config.yaml").write_text(config.to_yaml(), encoding="utf-8")
         trainer = Trainer(config, recipe.task, recipe.train_dataset, recipe.valid_dataset)
         summary = trainer.train(resume=resume)
-        self.console.print(trainer.summary_table)
-        if trainer.comparison_table is not None:
-            self.console.print(trainer.comparison_table)
+        if main:
+            self.console.print(trainer.summary_table)
+            if trainer.comparison_table is not None:
+                self.console.print(trainer.comparison_table)
         self.trainer = trainer
         return summary

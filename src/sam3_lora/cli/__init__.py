@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -33,8 +34,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``sam3-lora`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    # In a distributed launch only rank 0 logs information (warnings and errors: every rank).
+    rank = int(os.environ.get("RANK", "0") or 0)
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if args.verbose else logging.INFO if rank == 0 else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
     if not args.verbose:
@@ -47,7 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except Sam3LoraError as error:
-        print(f"\033[31merror:\033[0m {error}", file=sys.stderr)
+        label = "\033[31merror:\033[0m" if sys.stderr.isatty() else "error:"
+        print(f"{label} {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from sam3_lora.cli.common import add_config_arguments, config_from_args
@@ -34,11 +35,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="evaluate (output_dir/final or --adapter) instead of training",
     )
     parser.add_argument("--adapter", help="with --eval-only: the adapter folder to evaluate")
+    parser.add_argument(
+        "--num_gpus",
+        type=int,
+        metavar="N",
+        help="run on N processes of this machine (accelerate launch on N GPUs; on a machine "
+        "without GPUs, N CPU processes with gloo). Several machines: see the README",
+    )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(args, default_config=DEFAULT_CONFIG)
+    if args.num_gpus is not None and args.num_gpus > 1 and "LOCAL_RANK" not in os.environ:
+        from sam3_lora.launch import relaunch, without_option
+
+        return relaunch(args.num_gpus, without_option(args.argv, "--num_gpus"))
     if args.eval_only:
         from sam3_lora.evaluation.runner import evaluate_from_config
 

@@ -31,24 +31,36 @@ def atomic_directory_write(target: Path, write: Callable[[Path], None]) -> Path:
     An existing ``target`` is replaced only after the new one is complete.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.parent / f".{target.name}.tmp-{os.getpid()}"
-    if temporary.exists():
-        shutil.rmtree(temporary)
-    temporary.mkdir()
+    temporary = fresh_directory(target.parent / f".{target.name}.tmp-{os.getpid()}")
     try:
         write(temporary)
-        _fsync_tree(temporary)
-        if target.exists():
-            retired = target.parent / f".{target.name}.old-{os.getpid()}"
-            os.replace(target, retired)
-            os.replace(temporary, target)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.replace(temporary, target)
+        finish_directory(temporary, target)
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
+    return target
+
+
+def fresh_directory(folder: Path) -> Path:
+    """An empty ``folder`` (a leftover of a killed write is removed first)."""
+    folder = Path(folder)
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    return folder
+
+
+def finish_directory(temporary: Path, target: Path) -> Path:
+    """Flush a completely written ``temporary`` folder to disk and rename it to ``target``
+    (replacing an existing one only now)."""
+    _fsync_tree(temporary)
+    if target.exists():
+        retired = target.parent / f".{target.name}.old-{os.getpid()}"
+        os.replace(target, retired)
+        os.replace(temporary, target)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        os.replace(temporary, target)
     return target
 
 
@@ -99,6 +111,6 @@ def rotate_checkpoints(checkpoints_dir: Path, keep: int) -> list[Path]:
     removed = [path for _, path in found[: max(len(found) - keep, 0)]]
     for path in removed:
         shutil.rmtree(path, ignore_errors=True)
-    for leftover in Path(checkpoints_dir).glob(".step-*.tmp-*"):
+    for leftover in Path(checkpoints_dir).glob(".step-*.tmp*"):
         shutil.rmtree(leftover, ignore_errors=True)
     return removed

@@ -22,11 +22,19 @@ class MetricsLog:
     TensorBoard gets the same scalars when available.
     """
 
-    def __init__(self, output_dir: Path, tensorboard: bool = True, rows: list | None = None):
+    def __init__(
+        self,
+        output_dir: Path,
+        tensorboard: bool = True,
+        rows: list | None = None,
+        enabled: bool = True,
+    ):
+        """``enabled=False`` (processes other than the main one) keeps rows, writes nothing."""
         self.path = Path(output_dir) / "metrics.csv"
         self.rows: list[dict[str, Any]] = list(rows or [])
+        self.enabled = enabled
         self.writer = None
-        if tensorboard:
+        if tensorboard and enabled:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
@@ -36,6 +44,8 @@ class MetricsLog:
 
     def log(self, row: dict[str, Any]) -> None:
         self.rows.append(row)
+        if not self.enabled:
+            return
         if self.writer is not None:
             for key, value in row.items():
                 if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):

@@ -1,36 +1,40 @@
 """The training loop: Accelerate, mixed precision, accumulation, clipping, schedule, validation,
-atomic checkpoints, resume, early stopping, logging.
+atomic checkpoints, resume, early stopping, logging; right on one process or N.
 
 The trainer knows loops, not models: it drives a task (:class:`sam3_lora.engine.task.Task`):
 ``outputs = task.model(batch)`` (the one module Accelerate prepares), ``task.loss(outputs,
 batch, num_targets)``, ``task.validation_statistics(outputs, batch)``, weight I/O.
+
+On N processes (Accelerate does the distributed work): the training data of an epoch is sharded
+without duplication (a last incomplete round of batches is dropped), step counts come from the
+prepared loader, the loss normaliser is averaged over processes, a non-finite loss on any process
+makes every process skip the step, validation is split between the processes and gathered,
+every process takes part in ``save_state`` and the main process alone writes files and logs.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass, field
-from functools import partial
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import Accelerator
 from accelerate.data_loader import get_sampler
-from accelerate.utils import set_seed
-from torch.utils.data import DataLoader, Dataset, Sampler
+from accelerate.utils import InitProcessGroupKwargs, gather_object, set_seed
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
-from transformers import (
-    get_constant_schedule_with_warmup,
-    get_cosine_schedule_with_warmup,
-    get_linear_schedule_with_warmup,
-)
 
 from sam3_lora.config import Config
 from sam3_lora.engine.checkpoint import (
     atomic_directory_write,
+    finish_directory,
+    fresh_directory,
     latest_checkpoint,
     read_trainer_state,
     rotate_checkpoints,
@@ -44,6 +48,11 @@ from sam3_lora.engine.reporting import (
     summary_table,
     write_summary,
 )
+from sam3_lora.engine.schedules import (
+    EpochShuffleSampler,
+    build_scheduler,
+    resolve_mixed_precision,
+)
 from sam3_lora.engine.task import Task
 from sam3_lora.errors import CheckpointError, Sam3LoraError
 
@@ -52,29 +61,6 @@ logger = logging.getLogger(__name__)
 
 class TrainingError(Sam3LoraError):
     """Training cannot go on (e.g. the loss keeps being non-finite)."""
-
-
-class EpochShuffleSampler(Sampler[int]):
-    """A random permutation that depends only on ``(seed, epoch)``, so a resumed run sees the
-    same order as an uninterrupted one. ``skip`` drops the first samples of the epoch (resume)
-    without loading them and without touching any global random state."""
-
-    def __init__(self, length: int, seed: int) -> None:
-        self.length, self.seed, self.epoch, self.skip = length, seed, 0, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def skip_first(self, count: int) -> None:
-        """Leave out the first ``count`` samples of the coming epochs (0 to stop skipping)."""
-        self.skip = min(count, self.length)
-
-    def __len__(self) -> int:
-        return self.length - self.skip
-
-    def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.length, generator=generator)[self.skip :].tolist())
 
 
 @dataclass
@@ -90,47 +76,6 @@ class TrainerState:
     images_seen: int = 0
     baseline: dict[str, float] = field(default_factory=dict)
     history: list[dict[str, float]] = field(default_factory=list)
-
-
-def resolve_mixed_precision(setting: str) -> str:
-    """``auto`` -> ``bf16`` on a GPU that supports it, else ``no`` (fp32)."""
-    if setting != "auto":
-        return setting
-    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return "bf16"
-    return "no"
-
-
-def build_scheduler(
-    name: str,
-    optimizer: torch.optim.Optimizer,
-    warmup_steps: int,
-    total_steps: int,
-    cooldown_steps: int = 0,
-) -> torch.optim.lr_scheduler.LRScheduler:
-    """Linear warmup, then cosine / linear decay, constant, or Meta's inverse square root."""
-    if name == "cosine":
-        return get_cosine_schedule_with_warmup(optimizer, warmup_steps, total_steps)
-    if name == "linear":
-        return get_linear_schedule_with_warmup(optimizer, warmup_steps, total_steps)
-    if name == "inverse_sqrt":
-        factor = partial(
-            inverse_sqrt_factor, warmup=warmup_steps, cooldown=cooldown_steps, total=total_steps
-        )
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-    return get_constant_schedule_with_warmup(optimizer, warmup_steps)
-
-
-def inverse_sqrt_factor(step: int, warmup: int, cooldown: int, total: int) -> float:
-    """Meta's SAM3 schedule (timescale = warmup): linear warmup, lr / sqrt(step / warmup), and a
-    linear cooldown to 0 over the last ``cooldown`` steps."""
-    timescale = max(warmup, 1)
-    factor = 1.0 if step <= warmup else 1.0 / math.sqrt(step / timescale)
-    if warmup:
-        factor *= min(1.0, step / warmup)
-    if cooldown:
-        factor *= max(0.0, min(1.0, (total - step) / cooldown))
-    return factor
 
 
 class Trainer:
@@ -165,45 +110,43 @@ class Trainer:
             mixed_precision=resolve_mixed_precision(settings.mixed_precision),
             gradient_accumulation_steps=settings.gradient_accumulation_steps,
             step_scheduler_with_optimizer=False,
+            kwargs_handlers=[
+                InitProcessGroupKwargs(timeout=timedelta(seconds=settings.distributed_timeout_s))
+            ],
         )
+        check_launch(self.accelerator)
         set_seed(settings.seed)
-        self.output_dir.mkdir(parents=True, exist_ok=True)
+        if self.is_main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+        processes = self.accelerator.num_processes
         self.sampler = EpochShuffleSampler(len(self.train_dataset), settings.seed)
-        loader_generator = torch.Generator().manual_seed(settings.seed)
         train_loader = DataLoader(
             self.train_dataset,
             batch_size=settings.batch_size,
             sampler=self.sampler,
             collate_fn=self.collate_fn,
             num_workers=settings.num_workers,
-            generator=loader_generator,
+            generator=torch.Generator().manual_seed(settings.seed),
             persistent_workers=False,
-            drop_last=False,
+            drop_last=processes > 1,  # every process gets full batches, none is repeated
         )
-        self.valid_loader = None
-        if self.valid_dataset is not None and len(self.valid_dataset):
-            self.valid_loader = DataLoader(
-                self.valid_dataset,
-                batch_size=self.config.evaluation.batch_size,
-                shuffle=False,
-                collate_fn=self.collate_fn,
-                num_workers=settings.num_workers,
-                generator=torch.Generator().manual_seed(settings.seed),
-            )
-        parameters = [p for p in self.task.model.parameters() if p.requires_grad]
-        if not parameters:
-            raise TrainingError("no trainable parameters: check the lora section of the config")
-        decay = [p for p in parameters if p.ndim >= 2]
-        no_decay = [p for p in parameters if p.ndim < 2]  # biases, norms: no weight decay (Meta)
+        self.train_loader = self.accelerator.prepare(train_loader)
+        # Accelerate shards the batches of this very sampler (on one process: iterates it).
+        assert get_sampler(self.train_loader) in (None, self.sampler)
+        self.valid_loader = self._validation_loader()
         optimizer = torch.optim.AdamW(
-            [
-                {"params": decay, "weight_decay": settings.weight_decay},
-                {"params": no_decay, "weight_decay": 0.0},
-            ],
+            self._parameter_groups(),
             lr=settings.learning_rate,
             fused=torch.cuda.is_available() or None,
         )
-        self.steps_per_epoch = math.ceil(len(train_loader) / settings.gradient_accumulation_steps)
+        batches = len(self.train_loader)  # per process, after sharding
+        if batches == 0:
+            raise TrainingError(
+                f"{len(self.train_dataset)} training images give no full batch of "
+                f"{settings.batch_size} on each of {processes} processes; lower "
+                "training.batch_size or use fewer processes"
+            )
+        self.steps_per_epoch = math.ceil(batches / settings.gradient_accumulation_steps)
         self.total_steps = settings.max_steps or self.steps_per_epoch * settings.num_epochs
         scheduler = build_scheduler(
             settings.lr_scheduler,
@@ -212,15 +155,53 @@ class Trainer:
             self.total_steps,
             settings.cooldown_steps,
         )
-        self.model, self.optimizer, self.train_loader, self.scheduler = self.accelerator.prepare(
-            self.task.model, optimizer, train_loader, scheduler
+        self.model, self.optimizer, self.scheduler = self.accelerator.prepare(
+            self.task.model, optimizer, scheduler
         )
-        self.sampler = get_sampler(self.train_loader)  # the one Accelerate iterates
         # Accelerate saves optimizer, scheduler and RNG; the adapter is saved in PEFT format by
         # the task instead of a full model state dict (the frozen base is not copied).
         self.accelerator.register_save_state_pre_hook(lambda models, weights, _dir: weights.clear())
         self.accelerator.register_load_state_pre_hook(lambda models, _dir: models.clear())
-        self.metrics = MetricsLog(self.output_dir, tensorboard=self.config.output.tensorboard)
+        self.metrics = MetricsLog(
+            self.output_dir, tensorboard=self.config.output.tensorboard, enabled=self.is_main
+        )
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this is the process that writes files and logs."""
+        return self.accelerator.is_main_process
+
+    def _parameter_groups(self) -> list[dict[str, Any]]:
+        """The task's optimizer groups, or AdamW's usual two: weight decay on weights, none on
+        biases and norms (Meta's rule)."""
+        groups = getattr(self.task, "parameter_groups", None)
+        if groups is not None:
+            return groups()
+        parameters = [p for p in self.task.model.parameters() if p.requires_grad]
+        if not parameters:
+            raise TrainingError("no trainable parameters: check the lora section of the config")
+        return [
+            {
+                "params": [p for p in parameters if p.ndim >= 2],
+                "weight_decay": self.config.training.weight_decay,
+            },
+            {"params": [p for p in parameters if p.ndim < 2], "weight_decay": 0.0},
+        ]
+
+    def _validation_loader(self) -> DataLoader | None:
+        """This process's share of the validation split: every N-th image from its rank (the
+        shares are disjoint; :meth:`evaluate` gathers them)."""
+        if self.valid_dataset is None or not len(self.valid_dataset):
+            return None
+        rank, processes = self.accelerator.process_index, self.accelerator.num_processes
+        share = Subset(self.valid_dataset, range(rank, len(self.valid_dataset), processes))
+        return DataLoader(
+            share,
+            batch_size=self.config.evaluation.batch_size,
+            shuffle=False,
+            collate_fn=self.collate_fn,
+            num_workers=self.config.training.num_workers,
+        )
 
     # ----------------------------------------------------------------- resume
     def resume(self, checkpoint: str | Path | bool) -> Path:
@@ -238,13 +219,28 @@ class Trainer:
             raise CheckpointError(f"{folder}: optimizer / scheduler / RNG state: {error}") from None
         known = TrainerState.__dataclass_fields__
         self.state = TrainerState(**{k: v for k, v in state.items() if k in known})
-        self.metrics.rows = [
-            r
-            for r in read_metrics_csv(self.metrics.path)
-            if r.get("step", 0) <= self.state.global_step
-        ]
+        if self.is_main:
+            self.metrics.rows = [
+                r
+                for r in read_metrics_csv(self.metrics.path)
+                if r.get("step", 0) <= self.state.global_step
+            ]
         logger.info("resumed from %s at step %d", folder, self.state.global_step)
         return folder
+
+    def _finite_everywhere(self, loss: torch.Tensor) -> bool:
+        """Whether the loss is finite on every process: all take the step, or all skip it."""
+        finite = torch.isfinite(loss.detach()).float().reshape(1)
+        if self.accelerator.num_processes > 1:
+            finite = self.accelerator.reduce(finite, reduction="sum")
+        return int(finite.item()) == self.accelerator.num_processes
+
+    def _mean_over_processes(self, losses: dict[str, torch.Tensor]) -> dict[str, float]:
+        """The loss terms averaged over processes, for logging (one number per step)."""
+        values = torch.stack([v.detach().float().reshape(()) for v in losses.values()])
+        if self.accelerator.num_processes > 1:
+            values = self.accelerator.reduce(values, reduction="mean")
+        return dict(zip(losses, values.tolist(), strict=True))
 
     def _num_targets(self, batch: Any) -> float:
         """The loss normaliser: the batch's targets averaged over processes (Meta), >= 1."""
@@ -253,7 +249,27 @@ class Trainer:
 
     # ------------------------------------------------------------------ train
     def train(self, resume: str | Path | bool | None = None) -> dict[str, Any]:
-        """Run to ``max_steps`` / ``num_epochs`` or early stop; returns the summary."""
+        """Run to ``max_steps`` / ``num_epochs`` or early stop; returns the summary.
+
+        Raises:
+            TrainingError: also when another process of a distributed run died or stopped
+                answering (after ``training.distributed_timeout_s``), instead of a hang.
+        """
+        try:
+            return self._train(resume)
+        except (RuntimeError, torch.distributed.DistError) as error:
+            accelerator = getattr(self, "accelerator", None)
+            if accelerator is None or accelerator.num_processes < 2 or not _lost_peer(error):
+                raise
+            raise TrainingError(
+                f"process {accelerator.process_index} of {accelerator.num_processes}: another "
+                "process of the distributed run stopped or did not answer within "
+                f"training.distributed_timeout_s ({self.config.training.distributed_timeout_s} "
+                f"s): {str(error).strip().splitlines()[0][:200]}. Checkpoints are in "
+                f"{self.checkpoints_dir}; start the run again with --resume"
+            ) from None
+
+    def _train(self, resume: str | Path | bool | None) -> dict[str, Any]:
         self.setup()
         if resume:
             self.resume(resume)
@@ -276,8 +292,9 @@ class Trainer:
         )
         while self.state.global_step < self.total_steps and stop_reason == "finished":
             epoch = self.state.epoch
+            # Samples already used this epoch, by every process (resume).
             skip_batches = self.state.step_in_epoch * settings.gradient_accumulation_steps
-            self.sampler.skip_first(skip_batches * settings.batch_size)
+            self.sampler.skip_first(skip_batches * settings.batch_size * accelerator.num_processes)
             self.train_loader.set_epoch(epoch)  # Accelerate re-applies it to the sampler
             if hasattr(self.train_dataset, "set_epoch"):
                 self.train_dataset.set_epoch(epoch)
@@ -290,10 +307,10 @@ class Trainer:
                         outputs = self.model(batch)
                         losses = self.task.loss(outputs, batch, self._num_targets(batch))
                     loss = losses["loss"]
-                    if torch.isfinite(loss):
+                    if self._finite_everywhere(loss):
                         accelerator.backward(loss)
-                        for key, value in losses.items():
-                            window_terms[key] = window_terms.get(key, 0.0) + value.item()
+                        for key, value in self._mean_over_processes(losses).items():
+                            window_terms[key] = window_terms.get(key, 0.0) + value
                     else:
                         window_is_bad = True
                     self.state.images_seen += batch.num_images * accelerator.num_processes
@@ -380,10 +397,13 @@ class Trainer:
 
     # -------------------------------------------------------------- validate
     def evaluate(self) -> dict[str, float]:
-        """Validation loss and metrics over the validation split."""
+        """Validation loss and metrics over the whole validation split (each process runs its
+        share; the statistics of all are gathered, so N processes give 1 process's numbers)."""
         if self.valid_loader is None:
             return {}
-        model = self.model
+        # The module without the DDP wrapper: shares may differ by one batch, and a wrapped
+        # forward would wait for the other processes.
+        model = self.accelerator.unwrap_model(self.model)
         was_training = model.training
         model.eval()
         steps = []
@@ -395,8 +415,11 @@ class Trainer:
         ):
             batch = batch.to(self.accelerator.device)
             with torch.no_grad(), self.accelerator.autocast():
-                steps.append(self.task.validation_statistics(model(batch), batch))
+                statistics = self.task.validation_statistics(model(batch), batch)
+            steps.append({k: v.detach().cpu() for k, v in statistics.items()})
         model.train(was_training)
+        if self.accelerator.num_processes > 1:
+            steps = gather_object(steps)
         return self.task.summarize_validation(steps)
 
     def _evaluate_and_track(self) -> str:
@@ -422,7 +445,8 @@ class Trainer:
         if best is None or sign * (value - best) > settings.min_delta:
             self.state.best_metric, self.state.best_step = value, self.state.global_step
             self.state.evaluations_without_gain = 0
-            atomic_directory_write(self.output_dir / "best", self.task.save_weights)
+            if self.is_main:
+                atomic_directory_write(self.output_dir / "best", self.task.save_weights)
         else:
             self.state.evaluations_without_gain += 1
             if settings.patience and self.state.evaluations_without_gain >= settings.patience:
@@ -432,18 +456,26 @@ class Trainer:
 
     # ------------------------------------------------------------ checkpoint
     def save_checkpoint(self) -> Path:
-        """``checkpoints/step-N``: adapter + optimizer / scheduler / RNG + loop state, atomic."""
+        """``checkpoints/step-N``: adapter + optimizer / scheduler / RNG + loop state, atomic.
+
+        Every process writes its part of Accelerate's state (its RNG; FSDP's shards) into one
+        temporary folder; the main process adds the weights and the loop state and renames it
+        into place once complete.
+        """
+        accelerator = self.accelerator
         target = self.checkpoints_dir / f"step-{self.state.global_step}"
-
-        def write(folder: Path) -> None:
-            self.accelerator.save_state(str(folder))
-            self.task.save_weights(folder)
-            write_trainer_state(folder, self.state.__dict__)
-
-        self.accelerator.wait_for_everyone()
-        if self.accelerator.is_main_process:
-            atomic_directory_write(target, write)
+        temporary = self.checkpoints_dir / f".{target.name}.tmp"
+        if self.is_main:
+            fresh_directory(temporary)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(temporary))
+        accelerator.wait_for_everyone()
+        if self.is_main:
+            self.task.save_weights(temporary)
+            write_trainer_state(temporary, self.state.__dict__)
+            finish_directory(temporary, target)
             rotate_checkpoints(self.checkpoints_dir, self.config.training.save_total_limit)
+        accelerator.wait_for_everyone()
         return target
 
     # ---------------------------------------------------------------- finish
@@ -453,7 +485,8 @@ class Trainer:
         )
         if not evaluated_last_step and self.valid_loader is not None and stop_reason == "finished":
             self._evaluate_and_track()
-        atomic_directory_write(self.output_dir / "final", self.task.save_weights)
+        if self.is_main:
+            atomic_directory_write(self.output_dir / "final", self.task.save_weights)
         elapsed = time.perf_counter() - started
         images = self.state.images_seen - images_at_start
         final_metrics = self.state.history[-1] if self.state.history else {}
@@ -487,10 +520,35 @@ class Trainer:
                 if k != "step" and not k.startswith("val/loss_")
             }
             self.comparison_table = comparison_table(summary["base_metrics"], final_metrics)
-        write_summary(summary, self.output_dir / "training_summary.json")
-        plot_curves(self.metrics.rows, self.output_dir / "curves.png")
+        if self.is_main:
+            write_summary(summary, self.output_dir / "training_summary.json")
+            plot_curves(self.metrics.rows, self.output_dir / "curves.png")
         self.metrics.close()
+        self.accelerator.wait_for_everyone()
         return summary
+
+
+def _lost_peer(error: BaseException) -> bool:
+    """Whether a collective failed because a peer process died or timed out."""
+    if isinstance(error, torch.distributed.DistError):
+        return True
+    text = str(error).lower()
+    signs = ("gloo", "nccl", "connection closed", "connection reset", "timed out", "timeout")
+    return any(sign in text for sign in signs)
+
+
+def check_launch(accelerator: Accelerator) -> None:
+    """Stop when the environment says N processes but Accelerate sees one (each would train
+    alone and write the same output folder)."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world > 1 and accelerator.num_processes == 1:
+        raise TrainingError(
+            f"WORLD_SIZE={world}: this is one of {world} launched processes, but Accelerate sees "
+            "a single process, so each would train alone. Launch with "
+            f"`sam3-lora train --num_gpus {world} ...`, or "
+            f"`accelerate launch --num_processes {world} -m sam3_lora.cli train ...`; on CPUs, "
+            f"`ACCELERATE_USE_CPU=1 torchrun --nproc_per_node {world} -m sam3_lora.cli train ...`"
+        )
 
 
 def _peak_memory_mb() -> float:

@@ -9,6 +9,9 @@ from typing import Any
 import torch
 from peft import PeftModel
 
+#: Attribute names of the wrappers around a ``transformers`` model, in parameter names.
+_WRAPPER_PREFIXES = ("module", "_orig_mod", "network")
+
 
 @dataclass(frozen=True)
 class TaskSpec:
@@ -29,6 +32,9 @@ class TaskSpec:
         layer_of: ``(parameter name, trunk depth) -> (component, layer index, layers)`` for
             layer-wise learning-rate decay, or None for parameters outside the layered trunk.
         gated_hint: what to do when the default weights cannot be downloaded.
+        unused_modules: modules of the ``transformers`` model that its forward never runs:
+            never adapted (an adapter there would not train, and DDP refuses parameters without
+            gradients).
     """
 
     family: str
@@ -45,12 +51,15 @@ class TaskSpec:
     build_recipe: Callable[..., Any] | None = None
     layer_of: Callable[[str, int], tuple[str, int, int] | None] | None = None
     gated_hint: str = ""
+    unused_modules: tuple[str, ...] = ()
 
     def component_of(self, name: str) -> str:
         """The component flag that covers a module or parameter name (its top-level module
         when no flag does); PEFT's ``base_model.model.`` prefix is looked through."""
         parts = name.split(".")
-        if parts[:2] == ["base_model", "model"]:
+        while parts and parts[0] in _WRAPPER_PREFIXES:  # DDP, torch.compile, the task module
+            parts = parts[1:]
+        if parts[:2] == ["base_model", "model"]:  # PEFT
             parts = parts[2:]
         for component, modules in self.components.items():
             if parts[0] in modules:

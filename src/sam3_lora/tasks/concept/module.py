@@ -186,6 +186,21 @@ class ConceptModel(torch.nn.Module):
         )
 
 
+def select_prompts(outputs: ConceptOutputs, rows: Tensor) -> ConceptOutputs:
+    """The outputs of the prompts ``rows`` only."""
+
+    def take(value: Tensor | None, prompt_dim: int) -> Tensor | None:
+        return None if value is None else value.index_select(prompt_dim, rows.to(value.device))
+
+    return ConceptOutputs(
+        logits=take(outputs.logits, 1),
+        boxes=take(outputs.boxes, 1),
+        presence_logits=take(outputs.presence_logits, 1),
+        masks=take(outputs.masks, 0),
+        semantic_logits=take(outputs.semantic_logits, 0),
+    )
+
+
 def merge_outputs(parts: list[tuple[Tensor, ConceptOutputs]], total: int) -> ConceptOutputs:
     """Outputs of several detector passes put back in prompt order (``total`` prompts)."""
 

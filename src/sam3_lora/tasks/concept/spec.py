@@ -85,4 +85,7 @@ SPEC = TaskSpec(
     build_recipe=build_recipe,
     layer_of=layer_of,
     gated_hint=GATED_HINT,
+    # CLIP's own output projection: Sam3Model projects text features with its top-level
+    # `text_projection` instead.
+    unused_modules=("text_encoder.text_projection",),
 )

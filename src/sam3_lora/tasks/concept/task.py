@@ -12,7 +12,7 @@ from sam3_lora.errors import AdapterError, CheckpointError
 from sam3_lora.lora import load_adapter_weights_strict, save_lora_weights
 from sam3_lora.models import load_model_weights_strict
 from sam3_lora.tasks.concept.loss import ConceptOutputs, PromptTarget, Sam3ConceptLoss
-from sam3_lora.tasks.concept.module import ConceptModel
+from sam3_lora.tasks.concept.module import ConceptModel, select_prompts
 from sam3_lora.tasks.concept.samples import ConceptBatch, ConceptSample, collate_concept_samples
 from sam3_lora.tasks.concept.validation import prompt_statistics, summarize_validation
 
@@ -55,10 +55,21 @@ class ConceptTask:
     def validation_statistics(
         self, outputs: ConceptOutputs, batch: ConceptBatch
     ) -> dict[str, Tensor]:
-        """Per-prompt statistics (see :func:`prompt_statistics`) and the loss terms."""
+        """Per-prompt statistics (see :func:`prompt_statistics`) and the loss terms of each
+        image on its own (so the validation loss depends neither on the batch size nor on the
+        number of processes)."""
         statistics = prompt_statistics(outputs, batch, self.score_threshold, self.mask_threshold)
-        losses = self.loss(outputs, batch)
-        statistics.update({f"loss/{k}": v.detach().reshape(1) for k, v in losses.items()})
+        per_image = []
+        for image in range(batch.num_images):
+            rows = (batch.prompt_image_index == image).nonzero().flatten()
+            targets = [
+                PromptTarget(boxes=batch.target_boxes[r], masks=batch.target_masks[r])
+                for r in rows.tolist()
+            ]
+            per_image.append(self.criterion(select_prompts(outputs, rows), targets))
+        statistics.update(
+            {f"loss/{k}": torch.stack([p[k].detach() for p in per_image]) for k in per_image[0]}
+        )
         return statistics
 
     def summarize_validation(self, steps: list[dict[str, Tensor]]) -> dict[str, float]:

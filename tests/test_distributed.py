@@ -1,0 +1,220 @@
+"""N processes on CPU (gloo), launched as the README says: the same run as one process, one set
+of outputs, resume, two "machines" on the loopback address, and a dead process ending the run.
+
+Tolerance of the loss comparison: Meta's batch scale sqrt(B) is per process, so the loss a
+2-process run logs (the mean over its processes, batch 1 each) is the 1-process loss (batch 2)
+divided by sqrt(2). The first step matches to float precision; later steps drift slightly
+(gradients are sqrt(2) smaller under the same clipping and AdamW), hence 2 %.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+TIMEOUT = 240  # seconds any launch may take before the test fails (and kills it)
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from sam3_lora.data.synthetic import generate_shapes_dataset
+
+    root = tmp_path_factory.mktemp("distributed") / "shapes"
+    return generate_shapes_dataset(
+        root, num_train=8, num_val=4, seed=0, image_size=128, progress=False
+    )
+
+
+def _train_args(shapes: Path, output: Path, steps: int = 4, batch_size: int = 1) -> list[str]:
+    return [
+        "train",
+        "--model", "tiny-random",
+        "--set", f"data.train={shapes / 'train'}",
+        "--set", f"data.valid={shapes / 'valid'}",
+        "--set", "data.num_negative_prompts=1",
+        "--lora_rank", "4",
+        "--lora_dropout", "0",
+        "--batch_size", str(batch_size),
+        "--steps", str(steps),
+        "--set", "training.num_workers=0",
+        "--set", "training.logging_steps=1",
+        "--set", "training.eval_steps=2",
+        "--set", "training.save_steps=2",
+        "--set", "training.save_total_limit=3",
+        "--set", "training.distributed_timeout_s=30",
+        "--set", "output.tensorboard=false",
+        "--output_dir", str(output),
+    ]  # fmt: skip
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RANK", "WORLD_SIZE"))}
+    env.update(ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    return env
+
+
+def _torchrun(*options: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", *options, "-m", "sam3_lora.cli"]
+
+
+def _start(command: list[str], log: Path) -> subprocess.Popen:
+    handle = open(log, "w")  # noqa: SIM115 - closed with the process
+    return subprocess.Popen(
+        command, stdout=handle, stderr=subprocess.STDOUT, env=_env(), start_new_session=True
+    )
+
+
+def _wait(process: subprocess.Popen, log: Path, timeout: float = TIMEOUT) -> tuple[int, str]:
+    try:
+        code = process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_tree(process.pid)
+        process.wait()
+        pytest.fail(f"launch did not finish in {timeout} s:\n{log.read_text()[-3000:]}")
+    return code, log.read_text()
+
+
+def _run(command: list[str], log: Path) -> str:
+    code, text = _wait(_start(command, log), log)
+    assert code == 0, text[-4000:]
+    return text
+
+
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (torchrun starts its workers in sessions of their own)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, queue = [], [pid]
+    while queue:
+        current = queue.pop()
+        found.append(current)
+        queue.extend(children.get(current, []))
+    return found
+
+
+def _kill_tree(pid: int) -> None:
+    for member in _tree(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(member, signal.SIGKILL)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _rows(output: Path) -> list[dict[str, str]]:
+    with open(output / "metrics.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _train_losses(output: Path) -> list[float]:
+    return [float(r["train/loss"]) for r in _rows(output) if r.get("train/loss")]
+
+
+def test_two_processes_run_like_one_write_once_and_resume(shapes: Path, tmp_path: Path) -> None:
+    one, two = tmp_path / "one", tmp_path / "two"
+    _run(
+        [sys.executable, "-m", "sam3_lora.cli", *_train_args(shapes, one, batch_size=2)],
+        tmp_path / "one.log",
+    )
+    printed = _run(
+        [*_torchrun("--nproc_per_node", "2"), *_train_args(shapes, two)], tmp_path / "two.log"
+    )
+
+    # The same trajectory, up to the per-process sqrt(B) scale.
+    single, double = _train_losses(one), _train_losses(two)
+    assert len(single) == len(double) == 4
+    assert single[0] == pytest.approx(double[0] * math.sqrt(2), rel=1e-3)
+    for a, b in zip(single, double, strict=True):
+        assert a == pytest.approx(b * math.sqrt(2), rel=0.02)
+    # Validation is sharded and gathered: the base model's numbers are those of one process.
+    base = [{k: float(v) for k, v in r.items() if k.startswith("val/") and v} for r in
+            (_rows(one)[0], _rows(two)[0])]  # fmt: skip
+    assert base[0] and base[0].keys() == base[1].keys()
+    for key, value in base[0].items():
+        assert base[1][key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+
+    # One set of outputs, each step logged once, the summary printed once.
+    assert {p.name for p in one.iterdir()} == {p.name for p in two.iterdir()}
+    steps = [int(r["step"]) for r in _rows(two) if r.get("train/loss")]
+    assert steps == [1, 2, 3, 4]
+    assert printed.count("training summary") == 1
+    assert sorted(p.name for p in (two / "checkpoints").iterdir()) == ["step-2", "step-4"]
+    assert (two / "checkpoints" / "step-4" / "random_states_1.pkl").is_file()
+
+    # Killed after step 2: resume on two processes reaches the uninterrupted weights.
+    resumed = tmp_path / "resumed"
+    shutil.copytree(two, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "step-4")
+    shutil.rmtree(resumed / "final")
+    _run(
+        [*_torchrun("--nproc_per_node", "2"), *_train_args(shapes, resumed), "--resume"],
+        tmp_path / "resumed.log",
+    )
+    expected = load_file(str(two / "final" / "adapter_model.safetensors"))
+    found = load_file(str(resumed / "final" / "adapter_model.safetensors"))
+    for key, value in expected.items():
+        torch.testing.assert_close(found[key], value, rtol=0, atol=1e-6)
+    assert _train_losses(resumed) == pytest.approx(double, rel=1e-5)
+
+
+def _node(rank: int, port: int, shapes: Path, output: Path, steps: int) -> list[str]:
+    options = ("--nnodes", "2", "--node_rank", str(rank), "--nproc_per_node", "1")
+    address = ("--master_addr", "127.0.0.1", "--master_port", str(port))
+    return [*_torchrun(*options, *address), *_train_args(shapes, output, steps=steps)]
+
+
+def test_two_machines_on_loopback_finish_one_run(shapes: Path, tmp_path: Path) -> None:
+    port, output = _free_port(), tmp_path / "run"
+    nodes = [
+        _start(_node(rank, port, shapes, output, steps=4), tmp_path / f"node{rank}.log")
+        for rank in (0, 1)
+    ]
+    results = [_wait(node, tmp_path / f"node{rank}.log") for rank, node in enumerate(nodes)]
+    assert [code for code, _ in results] == [0, 0], results[0][1][-3000:] + results[1][1][-3000:]
+    assert _train_losses(output) and len(_train_losses(output)) == 4
+    assert (output / "final" / "adapter_model.safetensors").is_file()
+    assert results[0][1].count("training summary") == 1
+    assert "training summary" not in results[1][1]
+
+
+def test_a_dead_process_ends_the_run_with_a_message(shapes: Path, tmp_path: Path) -> None:
+    port, output = _free_port(), tmp_path / "run"
+    logs = [tmp_path / f"node{rank}.log" for rank in (0, 1)]
+    nodes = [_start(_node(r, port, shapes, output, steps=400), logs[r]) for r in (0, 1)]
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while not (output / "metrics.csv").is_file() or len(_train_losses(output)) < 3:
+            assert time.monotonic() < deadline, logs[0].read_text()[-3000:]
+            assert nodes[0].poll() is None, logs[0].read_text()[-3000:]
+            time.sleep(0.5)
+        _kill_tree(nodes[1].pid)  # the second machine goes away mid-run
+        started = time.monotonic()
+        code, text = _wait(nodes[0], logs[0], timeout=120)
+    finally:
+        for node in nodes:
+            _kill_tree(node.pid)
+            node.wait()
+    assert code != 0
+    assert time.monotonic() - started < 90
+    assert "another process of the distributed run stopped" in text, text[-3000:]
