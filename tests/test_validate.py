@@ -162,6 +162,7 @@ def test_crowd_objects_need_rle(tmp_path: Path) -> None:
     data["annotations"][3]["iscrowd"] = 1  # a box-only crowd region
     data["annotations"][1]["iscrowd"] = 2
     data["annotations"][1]["area"] = "big"
+    data["annotations"][3]["area"] = float("nan")  # box only
     write_coco(tmp_path / "in" / "train", data)
     (report,) = validate_dataset(tmp_path / "in")
     found = {(i.code, i.record.split(" (")[0]) for i in report.errors}
@@ -170,6 +171,7 @@ def test_crowd_objects_need_rle(tmp_path: Path) -> None:
         ("crowd_not_rle", "annotation id 13"),
         ("bad_iscrowd", "annotation id 11"),
         ("bad_area", "annotation id 11"),
+        ("bad_area", "annotation id 13"),
     } <= found
     crowd_only = [i.record for i in report.warnings if i.code == "all_crowd"]
     assert crowd_only == ["category id 1"]  # both 'cat' objects are crowd regions now

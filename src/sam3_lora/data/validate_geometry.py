@@ -102,6 +102,9 @@ def check_geometry(
     ]
     if segmentation is not None:
         _check_area(record, fixed, segmentation, width, height, where, report)
+    elif record.get("area") is not None and not _finite(record["area"]):
+        report.add("error", "bad_area", where, f"area {record['area']!r} must be a finite number")
+        fixed["area"] = fixed["bbox"][2] * fixed["bbox"][3]
     _check_crowd(record, fixed, width, height, where, report)
     return fixed
 
@@ -121,7 +124,7 @@ def _check_area(
     if stored is None:
         fixed["area"] = pixels
         return
-    if not _is_number(stored) or not math.isfinite(stored):
+    if not _finite(stored):
         report.add(
             "error",
             "bad_area",
@@ -237,6 +240,10 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     inter = inter_w * inter_h
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
     return float(inter / union) if union > 0 else 0.0
+
+
+def _finite(value: Any) -> bool:
+    return _is_number(value) and math.isfinite(value)
 
 
 def _is_number(value: Any) -> bool:

@@ -88,6 +88,9 @@ def _fetch(
     names = _ALIASES.get(normalize_split(split), (split,)) if split else ("*",)
     patterns = [f"data/{name}.zip" for name in names] + ["*.py"]
     offline = constants.HF_HUB_OFFLINE if local_files_only is None else local_files_only
+    hub_logger = logging.getLogger("huggingface_hub._snapshot_download")
+    level = hub_logger.level
+    hub_logger.setLevel(logging.ERROR)  # "No files matched" is the normal answer for parquet
     try:
         folder = snapshot_download(
             repo_id,
@@ -99,6 +102,8 @@ def _fetch(
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as error:
         logger.debug("%s: no roboflow2huggingface snapshot (%s)", repo_id, error)
         return {}
+    finally:
+        hub_logger.setLevel(level)
     zips = _zips_in(Path(folder))
     if not zips and list(Path(folder).glob("*.py")):
         wanted = f"data/{split}.zip" if split else "data/<split>.zip"
