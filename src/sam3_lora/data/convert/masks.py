@@ -119,8 +119,15 @@ def convert_masks(
         raise DatasetError(f"mask type {mask_type!r} is not one of {MASK_TYPES}")
     if ignore_value == AUTO:
         ignore_value = None if mask_type == "binary" else 255
-    options = MaskOptions(mask_type, colours, background, None, threshold, tolerance, min_area)
-    options.ignore_value = None if ignore_value is None else int(ignore_value)
+    options = MaskOptions(
+        mask_type=mask_type,
+        colours=colours,
+        background=background,
+        ignore_value=None if ignore_value is None else int(ignore_value),
+        threshold=threshold,
+        tolerance=tolerance,
+        min_area=min_area,
+    )
     images_root, masks_root = Path(images_dir), Path(masks_dir)
     for folder in (images_root, masks_root):
         if not folder.is_dir():
