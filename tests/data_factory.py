@@ -113,3 +113,38 @@ def polygon_mask(polygon: list[float], width: int, height: int) -> np.ndarray:
     from sam3_lora.data.coco import decode_segmentation
 
     return decode_segmentation([polygon], height, width)
+
+
+def encode_brush_rle(values: np.ndarray) -> list[int]:
+    """Label Studio's brush RLE of flat uint8 RGBA ``values`` (runs, singles as literals)."""
+    bits: list[str] = []
+
+    def put(value: int, size: int) -> None:
+        bits.append(format(value, f"0{size}b"))
+
+    sizes = [3, 4, 8, 16]
+    flat = np.asarray(values, dtype=np.uint8).ravel()
+    put(flat.size, 32)
+    put(7, 5)  # word size 8
+    for size in sizes:
+        put(size - 1, 4)
+    starts = np.flatnonzero(np.concatenate([[True], flat[1:] != flat[:-1]]))
+    lengths = np.diff(np.concatenate([starts, [flat.size]]))
+    position = 0
+    for start, length in zip(starts.tolist(), lengths.tolist(), strict=True):
+        assert start == position
+        while length > 0:
+            chunk = min(length, 1 << 16)
+            kind = next(k for k, s in enumerate(sizes) if chunk - 1 < (1 << s))
+            if chunk == 1:  # a literal block of one word exercises the other branch
+                put(0, 1)
+            else:
+                put(1, 1)
+            put(kind, 2)
+            put(chunk - 1, sizes[kind])
+            put(int(flat[position]), 8)
+            position += chunk
+            length -= chunk
+    text = "".join(bits)
+    text += "0" * (-len(text) % 8)
+    return [int(text[i : i + 8], 2) for i in range(0, len(text), 8)]

@@ -205,3 +205,130 @@ def test_real_isbi_membranes(tmp_path: Path) -> None:
         class_name="membrane",
     )
     assert result.images == 3 and result.annotations >= 3
+
+
+def _known_objects(width: int = 160, height: int = 120) -> Image.Image:
+    from PIL import ImageDraw
+
+    mask = Image.new("L", (width, height))
+    draw = ImageDraw.Draw(mask)
+    draw.rectangle([10, 10, 59, 49], fill=255)
+    draw.ellipse([80, 20, 139, 89], fill=255)
+    draw.polygon([(20, 70), (60, 110), (10, 110)], fill=255)
+    return mask
+
+
+def _areas_match(found: list, truth: np.ndarray, tolerance: float = 0.01) -> None:
+    from scipy import ndimage
+
+    labels, count = ndimage.label(truth, structure=np.ones((3, 3)))
+    assert len(found) == count
+    matched = set()
+    for instance in found:
+        component = int(np.bincount(labels[instance.mask]).argmax())
+        expected = int((labels == component).sum())
+        assert abs(instance.area - expected) <= tolerance * expected, (instance.area, expected)
+        matched.add(component)
+    assert matched == set(range(1, count + 1))
+
+
+def test_jpeg_mask_gives_exactly_the_known_objects(tmp_path: Path) -> None:
+    write_image(tmp_path / "img" / "a.png", 160, 120)
+    (tmp_path / "m").mkdir()
+    truth = _known_objects()
+    truth.save(tmp_path / "m" / "a.jpg", quality=75)
+    assert len(np.unique(np.asarray(Image.open(tmp_path / "m" / "a.jpg")))) > 20  # noisy
+    result = convert_masks(tmp_path / "img", tmp_path / "m", tmp_path / "data", class_name="polyp")
+    _areas_match(_instances_by_class(tmp_path / "data")["polyp"], np.asarray(truth) > 0)
+    assert any("a.jpg: lossy (JPEG); binarised at 128" in w for w in result.warnings)
+
+
+def test_soft_edged_png_is_binarised(tmp_path: Path) -> None:
+    from PIL import ImageFilter
+
+    write_image(tmp_path / "img" / "a.png", 160, 120)
+    (tmp_path / "m").mkdir()
+    truth = _known_objects()
+    truth.filter(ImageFilter.GaussianBlur(1.0)).save(tmp_path / "m" / "a.png")
+    result = convert_masks(tmp_path / "img", tmp_path / "m", tmp_path / "data")
+    _areas_match(_instances_by_class(tmp_path / "data")["object"], np.asarray(truth) > 0, 0.03)
+    assert any("many values near 0 and 255" in w for w in result.warnings)
+
+
+def test_jpeg_instance_mask_snaps_to_its_ids(tmp_path: Path) -> None:
+    write_image(tmp_path / "img" / "a.png", 160, 120)
+    (tmp_path / "m").mkdir()
+    ids = np.zeros((120, 160), dtype=np.uint8)
+    ids[10:60, 10:70] = 100
+    ids[60:110, 80:150] = 200
+    Image.fromarray(ids).save(tmp_path / "m" / "a.jpg", quality=90)
+    result = convert_masks(
+        tmp_path / "img", tmp_path / "m", tmp_path / "data", mask_type="instance"
+    )
+    found = _instances_by_class(tmp_path / "data")["object"]
+    assert sorted(round(i.area / 100) for i in found) == [30, 35]  # 3000 and 3500 px, +-1 %
+    assert result.annotations == 2 and "lossy (JPEG)" in result.warnings[0]
+
+
+def test_colour_mask_snaps_to_label_map_and_reports_the_rest(tmp_path: Path) -> None:
+    write_image(tmp_path / "img" / "a.png", 40, 30)
+    rgb = np.zeros((30, 40, 3), dtype=np.uint8)
+    rgb[2:12, 2:14] = (160, 96, 64)  # fox, exact
+    rgb[15:25, 20:35] = (165, 90, 70)  # fox, a little off (a re-saved mask)
+    rgb[0:2, 30:40] = (0, 255, 0)  # in no label map entry
+    (tmp_path / "m").mkdir()
+    Image.fromarray(rgb).save(tmp_path / "m" / "a.png")
+    result = convert_masks(
+        tmp_path / "img",
+        tmp_path / "m",
+        tmp_path / "data",
+        mask_type="semantic",
+        classes=["background", "fox"],
+        colours=[(0, 0, 0), (160, 96, 64)],
+        min_area=4,
+    )
+    assert sorted(i.area for i in _instances_by_class(tmp_path / "data")["fox"]) == [120, 150]
+    (warning,) = result.warnings
+    assert "a.png" in warning and "20 pixels match no label-map colour ((0, 255, 0) x20)" in warning
+    assert "150 pixels snapped" in warning
+
+
+def test_small_components_are_dropped_counted_and_named(tmp_path: Path) -> None:
+    from sam3_lora.data.convert.mask_cleanup import default_min_area
+
+    assert default_min_area(512, 512) == 10 and default_min_area(1920, 1080) == 41
+    write_image(tmp_path / "img" / "a.png", 40, 30)
+    mask = np.zeros((30, 40), dtype=np.uint8)
+    mask[5:15, 5:15] = 255
+    mask[20, 20] = mask[25, 30:33] = 255  # two specks
+    (tmp_path / "m").mkdir()
+    Image.fromarray(mask).save(tmp_path / "m" / "a.png")
+    result = convert_masks(tmp_path / "img", tmp_path / "m", tmp_path / "data")
+    assert (result.annotations, result.dropped) == (1, 2)
+    assert "a.png: 2 components under 10 px dropped (4 px)" in result.warnings[0]
+
+
+def test_plain_0_255_mask_gives_its_objects_by_default(tmp_path: Path) -> None:
+    write_image(tmp_path / "img" / "a.png", 40, 30)
+    mask = np.zeros((30, 40), dtype=np.uint8)
+    mask[5:15, 5:15] = 255
+    (tmp_path / "m").mkdir()
+    Image.fromarray(mask).save(tmp_path / "m" / "a.png")
+    result = convert_masks(tmp_path / "img", tmp_path / "m", tmp_path / "data")
+    assert (result.annotations, result.warnings) == (1, [])
+    result = convert_masks(tmp_path / "img", tmp_path / "m", tmp_path / "other", ignore_value=255)
+    assert result.annotations == 0 and "equals --ignore_value 255" in result.warnings[0]
+
+
+def test_unreadable_mask_is_one_clear_error(tmp_path: Path) -> None:
+    write_image(tmp_path / "img" / "a.png", 40, 30)
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    with pytest.raises(DatasetError, match=r"mask .*a\.png cannot be read"):
+        convert_masks(tmp_path / "img", tmp_path / "m", tmp_path / "data")
+
+
+def test_real_isbi_default_background_is_flagged(tmp_path: Path) -> None:
+    root = shared_data("mask_png/unet-isbi-membrane")
+    result = convert_masks(root / "image", root / "label", tmp_path)
+    assert sum("objects cover 7" in w and "--background" in w for w in result.warnings) == 3

@@ -8,9 +8,12 @@ from pathlib import Path
 import pytest
 
 from sam3_lora.data.coco import CocoDataset
+from sam3_lora.data.convert.cvat import convert_cvat
 from sam3_lora.data.convert.labelme import convert_labelme
+from sam3_lora.data.convert.labelstudio import convert_labelstudio
 from sam3_lora.data.convert.masks import convert_rle_csv
 from sam3_lora.data.convert.per_image_json import convert_per_image_json
+from sam3_lora.data.convert.voc import convert_voc
 from sam3_lora.data.convert.yolo import convert_yolo
 from sam3_lora.data.images import load_image_rgb
 from sam3_lora.data.validate import validate_split
@@ -98,3 +101,38 @@ def test_severstal_corpus_message(tmp_path: Path) -> None:
     write_image(tmp_path / "img.jpg", 8, 8)
     with pytest.raises(DatasetError, match=r"severstal_overlap\.csv, line 2 \(img\.jpg, class 1\)"):
         convert_rle_csv(BAD_DATA / "severstal_overlap.csv", tmp_path, tmp_path / "out")
+
+
+def test_labelstudio_corpus_message(tmp_path: Path) -> None:
+    write_image(tmp_path / "img.png", 8, 8)
+    with pytest.raises(
+        DatasetError, match=r"labelstudio_two_point\.json: task 12, region Xy12ab: polygon with 2"
+    ):
+        convert_labelstudio(BAD_DATA / "labelstudio_two_point.json", tmp_path, tmp_path / "out")
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        (
+            "cvat_two_point.xml",
+            r"cvat_two_point\.xml: image id 3 'img\.png', <polygon> #0: polygon",
+        ),
+        ("cvat_truncated.xml", r"cvat_truncated\.xml is not valid XML \(.*line 5"),
+    ],
+)
+def test_cvat_corpus_messages(tmp_path: Path, name: str, expected: str) -> None:
+    write_image(tmp_path / "img.png", 8, 8)
+    with pytest.raises(DatasetError, match=expected):
+        convert_cvat(BAD_DATA / name, tmp_path, tmp_path / "out")
+
+
+def test_voc_corpus_message(tmp_path: Path) -> None:
+    (tmp_path / "voc" / "Annotations").mkdir(parents=True)
+    (tmp_path / "voc" / "SegmentationClass").mkdir()
+    write_image(tmp_path / "voc" / "JPEGImages" / "img.jpg", 8, 8)
+    shutil.copy(BAD_DATA / "voc_bad_box.xml", tmp_path / "voc" / "Annotations" / "img.xml")
+    with pytest.raises(
+        DatasetError, match=r"img\.xml: <object> #1 \(dog\): <bndbox> needs numbers"
+    ):
+        convert_voc(tmp_path / "voc", tmp_path / "out", boxes=True)

@@ -151,3 +151,34 @@ def test_help_and_bad_subcommand(args: list[str], capsys) -> None:
     except SystemExit as exit_:
         code = exit_.code
     assert code == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["cvat", "--input", str(BAD_DATA / "cvat_truncated.xml")], "cvat_truncated.xml"),
+        (["labelstudio", "--input", str(BAD_DATA / "truncated.json")], "truncated.json"),
+        (["voc", "--voc_dir", str(BAD_DATA)], "SegmentationObject/"),
+        (["hf", "--dataset", str(BAD_DATA / "not_an_image.png")], "not_an_image.png"),
+    ],
+)
+def test_new_converters_fail_with_one_red_line(tmp_path: Path, capsys, args, named) -> None:
+    code = main(["data", *args, "--output_dir", str(tmp_path)])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and named in err[0] and "Traceback" not in err[0]
+
+
+def test_new_converters_round_trip_through_the_cli(tmp_path: Path, capsys) -> None:
+    from tests.data_factory import write_image
+
+    write_image(tmp_path / "images" / "a.png", 20, 10)
+    xml = tmp_path / "annotations.xml"
+    xml.write_text(
+        '<annotations><version>1.1</version><image id="0" name="a.png" width="20" height="10">'
+        '<polygon label="coin" points="1,1;9,1;9,9"/></image></annotations>'
+    )
+    assert main(["data", "cvat", "--input", str(xml), "--output_dir", str(tmp_path / "d")]) == 0
+    out = capsys.readouterr().out
+    assert "wrote" in out and "converted" in out and "\x1b[" not in out
+    assert main(["data", "validate", "--data_dir", str(tmp_path / "d")]) == 0

@@ -1,12 +1,36 @@
-"""The COCO datasets a config's ``data`` section points to (split folders, files, synthetic)."""
+"""The datasets a training config points to: its ``data.train`` / ``valid`` / ``test`` splits.
+
+``resolve_data_splits`` opens them as training does (generating the synthetic dataset when the
+config asks for it); ``split_sources`` only says where each split's files are, so that
+``sam3-lora data validate --config`` can check them before a GPU job starts.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from sam3_lora.config import Config, SplitSettings
-from sam3_lora.data.coco import CocoDataset
-from sam3_lora.errors import ConfigError
+from sam3_lora.data.coco import ANNOTATION_FILE_NAMES, CocoDataset, find_annotation_file
+from sam3_lora.errors import ConfigError, DatasetError
+
+SPLIT_KEYS = ("train", "valid", "test")
+
+
+@dataclass
+class SplitSource:
+    """Where one split of a config lives; ``problem`` says why it cannot be opened."""
+
+    name: str
+    annotation_file: Path | None
+    images_dir: Path | None = None
+    problem: str | None = None
+    note: str | None = None
+
+    @property
+    def label(self) -> Path:
+        """What to call the split in a report: its file, or the config key."""
+        return self.annotation_file or Path(f"data.{self.name}")
 
 
 def open_split(split: SplitSettings | None, name: str) -> CocoDataset | None:
@@ -54,6 +78,45 @@ def resolve_data_splits(config: Config) -> tuple[CocoDataset, CocoDataset | None
             "(images + _annotations.coco.json, see `sam3-lora data --help`)"
         )
     return train, open_split(data.valid, "valid")
+
+
+def split_sources(config: Config) -> list[SplitSource]:
+    """Every split the config names, with its files (nothing is opened or generated)."""
+    data = config.data
+    if data.synthetic is not None and data.train is None:
+        root = Path(data.synthetic.output_dir)
+        sources = []
+        for name in ("train", "valid"):
+            annotation_file = root / name / ANNOTATION_FILE_NAMES[0]
+            if annotation_file.is_file():
+                sources.append(SplitSource(name, annotation_file, note="synthetic"))
+            else:
+                note = f"synthetic shapes, generated at {root} by the first `sam3-lora train`"
+                sources.append(SplitSource(name, None, note=note))
+        return sources
+    if data.train is None:
+        raise ConfigError(
+            f"{config.source}: data.train is not set; point it at a split folder "
+            "(images + _annotations.coco.json, see `sam3-lora data --help`)"
+        )
+    sources = []
+    for name in SPLIT_KEYS:
+        split = getattr(data, name)
+        if split is not None:
+            sources.append(_source(split, name))
+    return sources
+
+
+def _source(split: SplitSettings, name: str) -> SplitSource:
+    if split.dir:
+        try:
+            return SplitSource(name, find_annotation_file(split.dir))
+        except DatasetError as error:
+            return SplitSource(name, None, problem=f"data.{name}: {error}")
+    if split.annotation_file:
+        images_dir = Path(split.images_dir) if split.images_dir else None
+        return SplitSource(name, Path(split.annotation_file), images_dir)
+    return SplitSource(name, None, problem=f"data.{name}: give `dir` or `annotation_file`")
 
 
 def open_config_split(config: Config, split: str) -> CocoDataset:

@@ -15,24 +15,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from tqdm import tqdm
 
-from sam3_lora.data.coco import (
-    check_segmentation,
-    find_annotation_file,
-    polygon_problem,
-    segmentation_box_xyxy,
-)
+from sam3_lora.data.coco import find_annotation_file
 from sam3_lora.data.images import load_image_rgb, read_image_size, resolve_in_dataset
 from sam3_lora.data.jsonio import read_json, write_json
 from sam3_lora.data.layout import SPLIT_NAMES
+from sam3_lora.data.prompt_names import name_problems
+from sam3_lora.data.validate_geometry import check_geometry
 from sam3_lora.errors import DatasetError
 
 logger = logging.getLogger(__name__)
 
 SPLITS = SPLIT_NAMES
-BOX_TOLERANCE_PX = 1.0  # how far a box may leave the image or differ from its mask for free
 
 
 @dataclass
@@ -46,6 +41,19 @@ class Issue:
 
 
 @dataclass
+class PromptCount:
+    """A category as training prompts it: the text, its synonyms, and what it has to find."""
+
+    category_id: int
+    name: str
+    prompt: str
+    synonyms: tuple[str, ...]
+    instances: int  # non-crowd objects with an area: the prompt's targets
+    images: int  # images holding at least one of them
+    crowd: int = 0
+
+
+@dataclass
 class SplitReport:
     """The findings for one annotation file (and, with ``fix``, its cleaned version)."""
 
@@ -55,6 +63,9 @@ class SplitReport:
     categories: int = 0
     issues: list[Issue] = field(default_factory=list)
     fixed: dict[str, Any] | None = None
+    split: str | None = None
+    prompts: list[PromptCount] = field(default_factory=list)
+    note: str | None = None
 
     @property
     def errors(self) -> list[Issue]:
@@ -115,6 +126,9 @@ def validate_split(
     images = _check_images(data["images"], root, report, decode_images)
     annotations = _check_annotations(data.get("annotations") or [], images, categories, report)
     used_categories = Counter(a["category_id"] for a in annotations)
+    raw = [a for a in data.get("annotations") or [] if isinstance(a, dict)]
+    declared = Counter(a.get("category_id") for a in raw)
+    crowd = Counter(a.get("category_id") for a in raw if a.get("iscrowd") in (1, True))
     for category_id, category in categories.items():
         if used_categories[category_id] == 0:
             report.add(
@@ -122,6 +136,15 @@ def validate_split(
                 "unused_category",
                 f"category id {category_id}",
                 f"category {category['name']!r} has no instances",
+            )
+        if crowd[category_id] and crowd[category_id] == declared[category_id]:
+            report.add(
+                "warning",
+                "all_crowd",
+                f"category id {category_id}",
+                f"all {crowd[category_id]} instances of {category['name']!r} are iscrowd=1: "
+                "training and evaluation ignore crowd regions, so it has nothing to learn; CVAT's "
+                "COCO export marks every mask so: if these are objects, set iscrowd to 0",
             )
     annotated = {a["image_id"] for a in annotations}
     for image_id, image in images.items():
@@ -195,7 +218,36 @@ def _check_categories(records: Any, report: SplitReport) -> dict[int, dict[str, 
                 f"category {name!r}",
                 f"the name is used by {count} categories; prompts will be ambiguous",
             )
+    _check_prompt_names(categories, report)
     return categories
+
+
+def _check_prompt_names(categories: dict[int, dict[str, Any]], report: SplitReport) -> None:
+    """Warn about prompt texts a model cannot ground (``0``, ``class_3``, ``Car`` / ``car``)."""
+    texts = []
+    for category_id, record in categories.items():
+        prompt = record.get("prompt")
+        texts.append(
+            (category_id, prompt if isinstance(prompt, str) and prompt else record["name"])
+        )
+    for problem in name_problems(texts):
+        if len(problem.category_ids) == 1:
+            report.add(
+                "warning",
+                "ungroundable_name",
+                f"category id {problem.category_ids[0]}",
+                f"{problem.texts[0]!r} is {problem.reason}, but SAM3 is prompted with this "
+                "text; set a 'prompt' (a short noun phrase naming the object) and 'synonyms' on "
+                "the category",
+            )
+        else:
+            report.add(
+                "warning",
+                "similar_names",
+                "category ids " + ", ".join(str(i) for i in problem.category_ids),
+                f"{', '.join(repr(t) for t in problem.texts)} {problem.reason}; merge them or set "
+                "a distinct 'prompt' / 'synonyms' on each category",
+            )
 
 
 def _check_images(
@@ -290,105 +342,10 @@ def _check_annotations(
             continue
         if not image["_ok"]:
             continue  # the image's own problem is reported; its annotations go with it
-        repaired = _check_geometry(record, image["width"], image["height"], where, report)
+        repaired = check_geometry(record, image["width"], image["height"], where, report)
         if repaired is not None:
             kept.append(repaired)
     return kept
-
-
-def _check_geometry(
-    record: dict[str, Any], width: int, height: int, where: str, report: SplitReport
-) -> dict[str, Any] | None:
-    """Polygons, RLE and box of one annotation; returns the repaired record or None to drop it."""
-    fixed = dict(record)
-    segmentation = record.get("segmentation") or None
-    if segmentation is None and record.get("bbox") is None:
-        report.add("error", "no_geometry", where, "has neither 'bbox' nor 'segmentation'")
-        return None
-    if isinstance(segmentation, list):
-        good = []
-        for part, polygon in enumerate(segmentation):
-            problem = polygon_problem(polygon)
-            if problem:
-                report.add("error", "bad_polygon", where, f"polygon {part} {problem}")
-            else:
-                good.append(polygon)
-        segmentation = good or None
-    elif segmentation is not None:
-        try:
-            check_segmentation(segmentation, height, width, where)
-        except DatasetError as error:
-            report.add("error", "bad_rle", where, str(error).split(": ", 1)[-1])
-            segmentation = None
-    fixed["segmentation"] = segmentation or []
-    box = _box_xyxy(record.get("bbox"))
-    if record.get("bbox") is not None and box is None:
-        report.add(
-            "error",
-            "bad_box",
-            where,
-            f"bbox {record.get('bbox')!r} must be 4 finite "
-            "numbers [x, y, width, height] with non-negative width and height",
-        )
-    mask_box = segmentation_box_xyxy(segmentation, height, width) if segmentation else None
-    if mask_box is not None:
-        mask_box = _clip(mask_box, width, height)
-    if box is not None:
-        if box[2] - box[0] <= 0 or box[3] - box[1] <= 0:
-            report.add("error", "zero_area_box", where, f"bbox {record['bbox']} has zero area")
-            box = None
-        elif box[2] <= 0 or box[3] <= 0 or box[0] >= width or box[1] >= height:
-            report.add(
-                "error",
-                "box_outside_image",
-                where,
-                f"bbox {record['bbox']} lies outside the {width}x{height} image",
-            )
-            box = None
-        elif (
-            box[0] < -BOX_TOLERANCE_PX
-            or box[1] < -BOX_TOLERANCE_PX
-            or box[2] > width + BOX_TOLERANCE_PX
-            or box[3] > height + BOX_TOLERANCE_PX
-        ):
-            report.add(
-                "warning",
-                "box_leaves_image",
-                where,
-                f"bbox {record['bbox']} extends past the {width}x{height} image (clipped)",
-            )
-    if box is not None and mask_box is not None:
-        box = _compare_box_and_mask(_clip(box, width, height), mask_box, where, record, report)
-    box = mask_box if box is None else _clip(box, width, height)
-    if box is None or box[2] - box[0] <= 0 or box[3] - box[1] <= 0:
-        return None
-    fixed["bbox"] = [
-        round(float(box[0]), 2),
-        round(float(box[1]), 2),
-        round(float(box[2] - box[0]), 2),
-        round(float(box[3] - box[1]), 2),
-    ]
-    return fixed
-
-
-def _compare_box_and_mask(
-    box: np.ndarray, mask_box: np.ndarray, where: str, record: dict[str, Any], report: SplitReport
-) -> np.ndarray | None:
-    scale = np.array([mask_box[2] - mask_box[0], mask_box[3] - mask_box[1]] * 2)
-    difference = np.abs(box - mask_box)
-    if np.all(difference <= np.maximum(2.0, 0.05 * scale)):
-        return box
-    iou = _iou(box, mask_box)
-    severity = "error" if iou < 0.5 else "warning"
-    report.add(
-        severity,
-        "box_mask_mismatch",
-        where,
-        f"bbox {record['bbox']} disagrees with its mask's extent "
-        f"{[round(float(v), 1) for v in mask_box]} (xyxy, IoU {iou:.2f}); the fix uses "
-        "the mask's box",
-    )
-    return None
 
 
 def _fixed_copy(
@@ -417,27 +374,6 @@ def _fixed_copy(
         images=kept_images, annotations=fixed_annotations, categories=list(categories.values())
     )
     return fixed
-
-
-def _box_xyxy(bbox: Any) -> np.ndarray | None:
-    if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
-        return None
-    x, y, w, h = (float(v) for v in bbox)
-    if not all(math.isfinite(v) for v in (x, y, w, h)) or w < 0 or h < 0:
-        return None
-    return np.array([x, y, x + w, y + h])
-
-
-def _clip(box: np.ndarray, width: int, height: int) -> np.ndarray:
-    return np.clip(box, 0, [width, height, width, height])
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    inter_w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    inter_h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = inter_w * inter_h
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0
 
 
 def _image_record(image: dict[str, Any]) -> str:

@@ -1,8 +1,10 @@
-"""Hugging Face ``datasets`` (hub name or a local ``save_to_disk`` folder) -> COCO.
+"""Hugging Face datasets (hub name, local ``save_to_disk`` folder, or a Roboflow export) -> COCO.
 
 Rows hold an image column and an objects column with ``bbox``, ``category`` and optionally
-``segmentation`` (polygons or RLE per object), the layout of cppe-5 and similar detection
-datasets. Image bytes are written as stored (no re-encoding).
+``segmentation`` (polygons or RLE per object), the layout of cppe-5, RF100-VL and similar
+detection datasets. Image bytes are written as stored (no re-encoding). Repositories made by
+``roboflow2huggingface`` (``data/{train,valid,test}.zip`` behind a loading script) are detected
+first and read by :mod:`~sam3_lora.data.convert.roboflow_hub`.
 """
 
 from __future__ import annotations
@@ -55,17 +57,30 @@ def convert_hf(
     image_column: str = "image",
     objects_column: str = "objects",
     bbox_format: str = "xywh",
+    cache_dir: str | Path | None = None,
+    local_files_only: bool | None = None,
 ) -> list[ConversionResult]:
     """Convert every split (or only ``split``) of a HF dataset; returns one result per split.
 
     Args:
-        dataset: hub name, local folder, or an already loaded ``Dataset`` / ``DatasetDict``.
+        dataset: hub name, local folder or zip, or an already loaded ``Dataset`` /
+            ``DatasetDict``.
         bbox_format: ``xywh`` (COCO, pixels) or ``xyxy`` (pixels).
+        cache_dir: hub cache (default: huggingface_hub's); ``local_files_only`` None follows
+            ``HF_HUB_OFFLINE``.
     """
     import datasets
 
+    from sam3_lora.data.convert.roboflow_hub import convert_roboflow_zips, roboflow_split_zips
+
     if bbox_format not in ("xywh", "xyxy"):
         raise DatasetError(f"bbox format {bbox_format!r} is not 'xywh' or 'xyxy'")
+    if isinstance(dataset, str | Path):
+        with roboflow_split_zips(
+            dataset, split, cache_dir=cache_dir, local_files_only=local_files_only
+        ) as zips:
+            if zips is not None:
+                return convert_roboflow_zips(zips, output_dir)
     loaded = dataset if not isinstance(dataset, str | Path) else load_hf_dataset(dataset, split)
     if isinstance(loaded, datasets.DatasetDict):
         parts = list(loaded.items())

@@ -1,32 +1,33 @@
-"""Mask PNGs and run-length CSVs -> COCO instances (RLE).
+"""Mask images -> COCO instances (RLE).
 
-Mask images (paired with images by file stem):
+Mask images are paired with images by file stem (``a.jpg`` with ``a.png`` / ``a_mask.png`` ...):
   * ``binary``: every pixel that is not ``background`` is object; objects are connected
     components. A folder per class (``masks/<class>/<stem>.png``) gives one class each.
   * ``semantic``: pixel value = class index (palette PNGs are read as indices, not colours);
     each class's connected components become instances.
   * ``instance``: pixel value (or RGB colour) = object id; each id is one instance, classed by
     the majority value of an optional semantic mask (``class_masks_dir``).
-``ignore_value`` pixels (VOC's 255) belong to no object. A CVAT ``labelmap.txt`` maps RGB
-colours to classes. Components smaller than ``min_area`` pixels are dropped.
+``ignore_value`` pixels (VOC's 255) belong to no object; binary masks have none by default, as
+their objects are usually 255. A CVAT ``labelmap.txt`` maps RGB colours to classes.
 
-Run-length CSVs of the Kaggle Severstal kind: ``ImageId,ClassId,EncodedPixels`` (long) or
-``ImageId_ClassId,EncodedPixels`` (wide); runs are 1-based "start length" pairs, column-major.
+Lossy masks (JPEG, noisy 0/255 histograms) are binarised at ``threshold``, colours snap to the
+label map within ``tolerance`` and components under ``min_area`` pixels are dropped (see
+:mod:`~sam3_lora.data.convert.mask_cleanup`); a warning names each file that needed any of it.
+Run-length CSVs live in :mod:`~sam3_lora.data.convert.rle_csv` (re-exported here).
 """
 
 from __future__ import annotations
 
-import csv
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
-from pycocotools import mask as mask_utils
-from scipy import ndimage
 from tqdm import tqdm
 
-from sam3_lora.data.coco import decode_rle
+from sam3_lora.data.convert import mask_cleanup as cleanup
+from sam3_lora.data.convert.mask_cleanup import UNMATCHED, MaskFixes
+from sam3_lora.data.convert.rle_csv import convert_rle_csv, rle_to_coco_counts
 from sam3_lora.data.convert.writer import CocoWriter, ConversionResult
 from sam3_lora.data.images import is_image_file
 from sam3_lora.errors import DatasetError
@@ -35,7 +36,25 @@ logger = logging.getLogger(__name__)
 
 MASK_TYPES = ("binary", "semantic", "instance")
 MASK_SUFFIXES = ("", "_mask", "_masks", "-mask", "_label", "_labels", "_seg", "_gt")
-_EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
+AUTO = "auto"
+
+__all__ = ["convert_masks", "convert_rle_csv", "load_class_names", "rle_to_coco_counts"]
+
+
+@dataclass
+class MaskOptions:
+    """How mask pixels are read: see :func:`convert_masks` for each field."""
+
+    mask_type: str = "binary"
+    colours: list[tuple[int, int, int]] | None = None
+    background: int = 0
+    ignore_value: int | None = None
+    threshold: int = cleanup.DEFAULT_THRESHOLD
+    tolerance: float = cleanup.DEFAULT_TOLERANCE
+    min_area: int | None = None
+
+    def floor(self, width: int, height: int) -> int:
+        return cleanup.default_min_area(width, height) if self.min_area is None else self.min_area
 
 
 def load_class_names(path: str | Path) -> tuple[list[str], list[tuple[int, int, int]] | None]:
@@ -80,13 +99,35 @@ def convert_masks(
     class_masks_dir: str | Path | None = None,
     class_name: str = "object",
     background: int = 0,
-    ignore_value: int | None = 255,
-    min_area: int = 10,
+    ignore_value: int | str | None = AUTO,
+    min_area: int | None = None,
+    threshold: int = cleanup.DEFAULT_THRESHOLD,
+    tolerance: float = cleanup.DEFAULT_TOLERANCE,
     image_mode: str = "copy",
 ) -> ConversionResult:
-    """Convert images + mask PNGs into COCO instances (see the module docstring)."""
+    """Convert images + mask images into COCO instances (see the module docstring).
+
+    Args:
+        ignore_value: pixel value of no object; ``"auto"``: 255 for semantic / instance masks,
+            none for binary masks.
+        min_area: smallest component kept (pixels); None scales it with the image
+            (:func:`~sam3_lora.data.convert.mask_cleanup.default_min_area`).
+        threshold: gray level that binarises lossy binary masks.
+        tolerance: RGB distance within which a colour snaps to the label map.
+    """
     if mask_type not in MASK_TYPES:
         raise DatasetError(f"mask type {mask_type!r} is not one of {MASK_TYPES}")
+    if ignore_value == AUTO:
+        ignore_value = None if mask_type == "binary" else 255
+    options = MaskOptions(
+        mask_type=mask_type,
+        colours=colours,
+        background=background,
+        ignore_value=None if ignore_value is None else int(ignore_value),
+        threshold=threshold,
+        tolerance=tolerance,
+        min_area=min_area,
+    )
     images_root, masks_root = Path(images_dir), Path(masks_dir)
     for folder in (images_root, masks_root):
         if not folder.is_dir():
@@ -113,207 +154,156 @@ def convert_masks(
         for label, mask_path in found.items():
             if mask_path is None:
                 continue
-            values = read_label_array(mask_path, colours, size)
+            fixes = MaskFixes(mask_path, min_area=options.floor(*size))
             if mask_type == "binary":
-                foreground = (values != background) & (values != _ignore(ignore_value))
                 name = label or (classes[0] if classes else class_name)
-                _add_components(writer, image_id, foreground, writer.category_id(name), min_area)
-            elif mask_type == "semantic":
-                for value in _object_values(values, background, ignore_value):
-                    category = writer.category_id(_class_of(int(value), classes))
-                    _add_components(writer, image_id, values == value, category, min_area)
+                foreground = binary_foreground(mask_path, options, size, fixes)
+                _add_parts(writer, image_id, foreground, writer.category_id(name), fixes)
             else:
+                values = label_values(mask_path, options, size, fixes)
                 class_values = None
-                if class_masks_dir is not None:
+                if mask_type == "instance" and class_masks_dir is not None:
                     class_path = _find_mask(Path(class_masks_dir), image_path.stem, cache)
                     if class_path is None:
                         raise DatasetError(
                             f"no class mask for {image_path.stem} in {class_masks_dir}"
                         )
-                    class_values = read_label_array(class_path, colours, size)
-                for value in _object_values(values, background, ignore_value):
-                    mask = values == value
-                    if mask.sum() < min_area:
-                        continue
-                    name = class_name
-                    if class_values is not None:
-                        name = _class_of(
-                            _majority(class_values[mask], background, ignore_value), classes
-                        )
-                    writer.add_annotation(image_id, writer.category_id(name), mask=mask)
+                    class_fixes = MaskFixes(class_path, min_area=fixes.min_area)
+                    class_values = label_values(class_path, options, size, class_fixes)
+                    report_fixes(writer, class_fixes)
+                _add_labelled(
+                    writer, image_id, values, class_values, classes, class_name, options, fixes
+                )
+            report_fixes(writer, fixes)
+    if writer.result.images and not writer.result.annotations:
+        writer.warn(
+            f"no objects found in any mask under {masks_root}; check --mask_type, --background "
+            "and --ignore_value"
+        )
     return writer.write()
 
 
-def read_label_array(
-    path: Path,
-    colours: list[tuple[int, int, int]] | None = None,
-    expected_size: tuple[int, int] | None = None,
+def binary_foreground(
+    path: Path, options: MaskOptions, size: tuple[int, int], fixes: MaskFixes
 ) -> np.ndarray:
-    """Pixel labels of a mask image: palette indices, gray values, or RGB colours mapped to ids.
+    """Object pixels of a binary mask: binarised when lossy, else everything not background."""
+    array, image_format = cleanup.read_mask(path)
+    _check_size(path, array, size)
+    reason = cleanup.lossy_reason(array, image_format, binary=True)
+    if reason:
+        fixes.lossy, fixes.threshold = reason, options.threshold
+        gray = cleanup.to_gray(array)
+        foreground = cleanup.binarise(gray, options.threshold, options.background)
+        if not foreground.any() and gray.max() > 0:
+            fixes.notes.append(
+                f"no pixel reaches --mask_threshold {options.threshold}; for a 0/1 mask pass "
+                "--mask_threshold 1"
+            )
+    else:
+        values = _distinct_ids(array)
+        other = values != options.background
+        foreground = other & (values != _ignore(options.ignore_value))
+        if other.any() and not foreground.any():
+            fixes.notes.append(
+                f"every object pixel equals --ignore_value {options.ignore_value}: no objects; "
+                "binary masks mark objects with that value, leave --ignore_value unset"
+            )
+    share = foreground.mean() if foreground.size else 0.0
+    if share > 0.5:
+        fixes.notes.append(
+            f"objects cover {share:.0%} of the image; if the majority value is background, "
+            "pass --background with it"
+        )
+    return foreground
 
-    RGB masks map through ``colours`` (index = class) when given; otherwise each distinct colour
-    becomes an id (black = 0).
-    """
-    try:
-        with Image.open(path) as image:
-            image.load()
-            mode = image.mode
-            array = np.asarray(image.convert("L") if mode in ("LA", "1") else image)
-    except OSError as error:
-        raise DatasetError(f"mask {path} cannot be read ({error})") from None
-    if expected_size is not None and (array.shape[1], array.shape[0]) != tuple(expected_size):
+
+def label_values(
+    path: Path, options: MaskOptions, size: tuple[int, int] | None, fixes: MaskFixes
+) -> np.ndarray:
+    """Class indices / object ids of a semantic or instance mask (UNMATCHED for no label)."""
+    array, image_format = cleanup.read_mask(path)
+    _check_size(path, array, size)
+    if array.ndim == 3 and options.colours is not None:
+        return cleanup.snap_colours(array, options.colours, options.tolerance, fixes)
+    reason = cleanup.lossy_reason(array, image_format, binary=False)
+    if reason is None:
+        return _distinct_ids(array)
+    fixes.lossy = reason
+    floor = fixes.min_area or cleanup.default_min_area(array.shape[1], array.shape[0])
+    snapped = cleanup.snap_to_dominant(array, options.tolerance, floor, fixes)
+    if array.ndim == 2:
+        return snapped
+    ids = _ids_of_packed(np.where(snapped == UNMATCHED, 0, snapped))
+    return np.where(snapped == UNMATCHED, UNMATCHED, ids)
+
+
+def _add_labelled(
+    writer: CocoWriter,
+    image_id: int,
+    values: np.ndarray,
+    class_values: np.ndarray | None,
+    classes: list[str] | None,
+    class_name: str,
+    options: MaskOptions,
+    fixes: MaskFixes,
+) -> None:
+    for value in _object_values(values, options.background, options.ignore_value):
+        if options.mask_type == "semantic":
+            category = writer.category_id(_class_of(value, classes))
+            _add_parts(writer, image_id, values == value, category, fixes)
+            continue
+        mask = cleanup.remove_small_parts(values == value, fixes.min_area, fixes)
+        if not mask.any():
+            continue
+        name = class_name
+        if class_values is not None:
+            majority = _majority(class_values[mask], options.background, options.ignore_value)
+            name = _class_of(majority, classes)
+        writer.add_annotation(image_id, writer.category_id(name), mask=mask)
+
+
+def _add_parts(
+    writer: CocoWriter, image_id: int, foreground: np.ndarray, category_id: int, fixes: MaskFixes
+) -> None:
+    for part, _ in cleanup.drop_small_components(foreground, fixes.min_area, fixes):
+        writer.add_annotation(image_id, category_id, mask=part)
+
+
+def report_fixes(writer: CocoWriter, fixes: MaskFixes) -> None:
+    """Count a mask's dropped components and warn, naming the file, when it needed fixes."""
+    writer.result.dropped += fixes.dropped
+    message = fixes.message()
+    if message:
+        writer.warn(message)
+
+
+def _check_size(path: Path, array: np.ndarray, expected: tuple[int, int] | None) -> None:
+    if expected is not None and (array.shape[1], array.shape[0]) != tuple(expected):
         raise DatasetError(
             f"mask {path} is {array.shape[1]}x{array.shape[0]} but its image is "
-            f"{expected_size[0]}x{expected_size[1]}; masks must have the image's size"
+            f"{expected[0]}x{expected[1]}; masks must have the image's size"
         )
-    if mode == "1":
-        return (array > 0).astype(np.int64)
+
+
+def _distinct_ids(array: np.ndarray) -> np.ndarray:
     if array.ndim == 2:
         return array.astype(np.int64)
-    rgb = array[..., :3].astype(np.int64)
-    packed = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
-    if colours is not None:
-        table = {(r << 16) | (g << 8) | b: index for index, (r, g, b) in enumerate(colours)}
-        values = np.full(packed.shape, -1, dtype=np.int64)
-        for colour in np.unique(packed):
-            if int(colour) in table:
-                values[packed == colour] = table[int(colour)]
-            else:
-                rgb_text = f"({colour >> 16}, {(colour >> 8) & 255}, {colour & 255})"
-                raise DatasetError(f"mask {path}: colour {rgb_text} is not in the label map")
-        return values
+    return _ids_of_packed(cleanup.pack_rgb(array))
+
+
+def _ids_of_packed(packed: np.ndarray) -> np.ndarray:
     unique, inverse = np.unique(packed, return_inverse=True)
     ids = np.arange(len(unique)) + (0 if unique[0] == 0 else 1)
     return ids[inverse].reshape(packed.shape)
 
 
-def convert_rle_csv(
-    csv_path: str | Path,
-    images_dir: str | Path,
-    output_dir: str | Path,
-    split: str = "train",
-    *,
-    classes: list[str] | None = None,
-    split_components: bool = True,
-    min_area: int = 10,
-    skip_missing: bool = False,
-    image_mode: str = "copy",
-) -> ConversionResult:
-    """Convert a Severstal-style RLE CSV; ``ClassId`` k is named ``classes[k-1]`` (or defect_k)."""
-    csv_path, images_root = Path(csv_path), Path(images_dir)
-    rows = _read_rle_rows(csv_path)
-    writer = CocoWriter(output_dir, split, image_mode=image_mode)
-    for image_name, entries in tqdm(rows.items(), desc="rle csv", unit="img", leave=False):
-        image_path = images_root / Path(image_name).name
-        if not image_path.is_file():
-            message = f"{csv_path}: image {image_name} (line {entries[0][0]}) not in {images_root}"
-            if not skip_missing:
-                raise DatasetError(f"{message}; pass the right --images_dir or --skip_missing")
-            writer.skip(message)
-            continue
-        image_id = writer.add_image(image_path)
-        width, height = writer.image_size(image_id)
-        for line, class_id, encoded in entries:
-            if not encoded:
-                continue
-            where = f"{csv_path}, line {line} ({image_name}, class {class_id})"
-            counts = rle_to_coco_counts(encoded, height, width, where)
-            rle = mask_utils.frPyObjects({"size": [height, width], "counts": counts}, height, width)
-            name = classes[class_id - 1] if classes and 0 < class_id <= len(classes) else None
-            category = writer.category_id(name or f"defect_{class_id}")
-            if split_components:
-                _add_components(writer, image_id, decode_rle(rle), category, min_area)
-            else:
-                writer.add_annotation(image_id, category, rle=rle)
-    return writer.write()
-
-
-def rle_to_coco_counts(encoded: str, height: int, width: int, where: str) -> list[int]:
-    """Kaggle "start length" runs (1-based, column-major) -> COCO uncompressed RLE counts."""
-    try:
-        numbers = [int(v) for v in encoded.split()]
-    except ValueError:
-        raise DatasetError(f"{where}: EncodedPixels must be integers 'start length ...'") from None
-    if len(numbers) % 2:
-        raise DatasetError(f"{where}: EncodedPixels has an odd number of values")
-    counts, position, total = [], 0, height * width
-    for start, length in zip(numbers[0::2], numbers[1::2], strict=True):
-        begin = start - 1
-        if begin < position or length <= 0:
-            raise DatasetError(
-                f"{where}: run '{start} {length}' overlaps the previous run or is empty; runs must "
-                "be increasing, 1-based and non-overlapping"
-            )
-        if begin + length > total:
-            raise DatasetError(
-                f"{where}: run '{start} {length}' ends past the image ({height}x{width} = "
-                f"{total} pixels); is the image size right?"
-            )
-        counts += [begin - position, length]
-        position = begin + length
-    counts.append(total - position)
-    return counts
-
-
-def _read_rle_rows(path: Path) -> dict[str, list[tuple[int, int, str]]]:
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as stream:
-            reader = csv.DictReader(stream)
-            fields = set(reader.fieldnames or [])
-            long = {"ImageId", "ClassId", "EncodedPixels"} <= fields
-            wide = {"ImageId_ClassId", "EncodedPixels"} <= fields
-            if not (long or wide):
-                raise DatasetError(
-                    f"{path}: columns {sorted(fields)}; expected ImageId,ClassId,EncodedPixels or "
-                    "ImageId_ClassId,EncodedPixels (Severstal layouts)"
-                )
-            rows: dict[str, list[tuple[int, int, str]]] = {}
-            for row in reader:
-                line = reader.line_num
-                if long:
-                    image, class_text = row["ImageId"], row["ClassId"]
-                else:
-                    image, _, class_text = (row["ImageId_ClassId"] or "").rpartition("_")
-                try:
-                    class_id = int(class_text)
-                except (TypeError, ValueError):
-                    raise DatasetError(
-                        f"{path}, line {line}: class {class_text!r} is not an integer"
-                    ) from None
-                if not image:
-                    raise DatasetError(f"{path}, line {line}: empty image id")
-                encoded = (row.get("EncodedPixels") or "").strip()
-                rows.setdefault(image, []).append((line, class_id, encoded))
-    except UnicodeDecodeError as error:
-        raise DatasetError(f"{path} is not UTF-8 text ({error})") from None
-    except csv.Error as error:
-        raise DatasetError(f"{path}: malformed CSV ({error})") from None
-    except FileNotFoundError:
-        raise DatasetError(f"CSV file {path} does not exist") from None
-    return rows
-
-
-def _add_components(
-    writer: CocoWriter, image_id: int, foreground: np.ndarray, category_id: int, min_area: int
-) -> None:
-    labels, count = ndimage.label(foreground, structure=_EIGHT_CONNECTED)
-    if count == 0:
-        return
-    sizes = np.bincount(labels.ravel(), minlength=count + 1)
-    slices = ndimage.find_objects(labels)
-    for component, box in enumerate(slices, start=1):
-        if sizes[component] < min_area or box is None:
-            continue
-        mask = labels == component
-        writer.add_annotation(image_id, category_id, mask=mask)
-
-
 def _object_values(values: np.ndarray, background: int, ignore_value: int | None) -> list[int]:
-    return [int(v) for v in np.unique(values) if v != background and v != _ignore(ignore_value)]
+    skip = (background, _ignore(ignore_value), UNMATCHED)
+    return [int(v) for v in np.unique(values) if v not in skip]
 
 
 def _majority(values: np.ndarray, background: int, ignore_value: int | None) -> int:
-    keep = values[(values != background) & (values != _ignore(ignore_value))]
+    keep = values[(values != background) & (values != _ignore(ignore_value)) & (values >= 0)]
     if keep.size == 0:
         return background
     unique, counts = np.unique(keep, return_counts=True)

@@ -13,6 +13,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from sam3_lora.data.convert.shapes import ellipse_polygon
 from sam3_lora.data.convert.writer import CocoWriter, ConversionResult
 from sam3_lora.data.images import resolve_in_dataset
 from sam3_lora.data.jsonio import read_json
@@ -96,7 +97,7 @@ def _add_region(
             rx = float(shape.get("r", shape.get("rx", 0)))
             ry = float(shape.get("r", shape.get("ry", 0)))
             theta = float(shape.get("theta", 0.0))
-            polygon = _ellipse(cx, cy, rx, ry, theta)
+            polygon = ellipse_polygon(cx, cy, rx, ry, theta)
         else:
             writer.skip(f"{where}: shape {name!r} has no area; skipped")
             return
@@ -115,17 +116,6 @@ def _label(attributes: dict[str, Any], class_attribute: str | None) -> str | Non
     if isinstance(value, dict):  # VIA 2 checkbox attributes: {"cat": true}
         value = next((k for k, v in value.items() if v), None)
     return str(value).strip() if value else None
-
-
-def _ellipse(cx: float, cy: float, rx: float, ry: float, theta: float) -> list[float]:
-    count = max(16, min(256, int(math.pi * (rx + ry) / 2)))
-    cos_t, sin_t = math.cos(theta), math.sin(theta)
-    points = []
-    for k in range(count):
-        angle = 2 * math.pi * k / count
-        x, y = rx * math.cos(angle), ry * math.sin(angle)
-        points += [cx + x * cos_t - y * sin_t, cy + x * sin_t + y * cos_t]
-    return points
 
 
 def _numeric_key(key: str) -> tuple[int, str]:

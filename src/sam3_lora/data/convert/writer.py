@@ -47,7 +47,13 @@ class ConversionResult:
     categories: int = 0
     box_only: int = 0
     skipped: int = 0
+    dropped: int = 0
+    missing: int = 0
     warnings: list[str] = field(default_factory=list)
+
+    @property
+    def split(self) -> str:
+        return self.annotation_file.parent.name
 
 
 class CocoWriter:
@@ -80,6 +86,7 @@ class CocoWriter:
         self._category_ids: dict[str, int] = {}
         self._sizes: dict[int, tuple[int, int]] = {}
         self._used_names: set[str] = set()
+        self._missing_names: list[str] = []
         self._load_existing()
 
     def category_id(
@@ -149,6 +156,32 @@ class CocoWriter:
         self.result.images += 1
         return image_id
 
+    def add_missing_image(
+        self, file_name: str, width: int, height: int, extra: dict[str, Any] | None = None
+    ) -> int:
+        """Record an image that is not available locally, sized as its annotations say.
+
+        Its annotations are converted; the file must be copied into the split folder (under the
+        recorded ``file_name``) before training. Counted in ``result.missing``.
+        """
+        if not (_positive_int(width) and _positive_int(height)):
+            raise DatasetError(
+                f"image {file_name} is missing and its size {width}x{height} is unusable; "
+                "put the image next to the annotations"
+            )
+        name = self._unique_name(file_name)
+        self._used_names.add(name)
+        image_id = self._next_image_id
+        self._next_image_id += 1
+        record = {"id": image_id, "file_name": name, "width": int(width), "height": int(height)}
+        record.update(extra or {})
+        self._data["images"].append(record)
+        self._sizes[image_id] = (int(width), int(height))
+        self.result.images += 1
+        self.result.missing += 1
+        self._missing_names.append(name)
+        return image_id
+
     def image_size(self, image_id: int) -> tuple[int, int]:
         """(width, height) of an image added to this writer."""
         return self._sizes[image_id]
@@ -216,14 +249,22 @@ class CocoWriter:
         logger.warning(message)
         self.result.warnings.append(message)
 
-    def skip(self, message: str) -> None:
-        """Record an input that was skipped (missing image, unusable shape, ...)."""
-        self.result.skipped += 1
+    def skip(self, message: str, count: int = 1) -> None:
+        """Record ``count`` inputs skipped for one reason (missing image, unusable shape, ...)."""
+        self.result.skipped += count
         self.warn(message)
 
     def write(self) -> ConversionResult:
         """Write ``_annotations.coco.json`` and return the summary."""
         self.split_dir.mkdir(parents=True, exist_ok=True)
+        if self._missing_names:
+            names = self._missing_names
+            shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+            self.warn(
+                f"{len(self._missing_names)} images are not available ({shown}): their "
+                "annotations are kept, sized from the annotation file; copy the images into "
+                f"{self.split_dir} under those names before training"
+            )
         self._data.setdefault("info", {"description": "written by sam3-lora data"})
         write_json(self.result.annotation_file, self._data)
         self.result.categories = len(self._data["categories"])
@@ -278,6 +319,15 @@ def safe_file_name(name: str) -> str:
     text = unicodedata.normalize("NFC", Path(text.replace("\\", "/")).name)
     text = re.sub(r"[^\w.\-]+", "_", text, flags=re.UNICODE).strip("._") or "image"
     return text
+
+
+def _positive_int(value: Any) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and value > 0
+        and (float(value).is_integer())
+    )
 
 
 def _has_surrogates(text: str) -> bool:
