@@ -218,3 +218,31 @@ def test_a_dead_process_ends_the_run_with_a_message(shapes: Path, tmp_path: Path
     assert code != 0
     assert time.monotonic() - started < 90
     assert "another process of the distributed run stopped" in text, text[-3000:]
+
+
+def test_evaluate_on_two_processes_gives_the_numbers_of_one(shapes: Path, tmp_path: Path) -> None:
+    import json
+
+    from tests.adapters import make_tiny_adapter
+
+    adapter = make_tiny_adapter(tmp_path / "adapter")
+    args = [
+        "evaluate",
+        "--adapter", str(adapter),
+        "--model", "tiny-random",
+        "--set", f"data.valid={shapes / 'valid'}",
+        "--compare-base",
+        "--negative_prompts", "2",
+        "--threshold", "0.2",
+    ]  # fmt: skip
+    one, two = tmp_path / "one", tmp_path / "two"
+    _run([sys.executable, "-m", "sam3_lora.cli", *args, "--output_dir", str(one)], tmp_path / "1")
+    _run([*_torchrun("--nproc_per_node", "2"), *args, "--output_dir", str(two)], tmp_path / "2")
+    single = json.loads((one / "metrics.json").read_text())
+    double = json.loads((two / "metrics.json").read_text())
+    for name in ("base", "adapter"):
+        for key, value in single["models"][name]["overall"].items():
+            assert double["models"][name]["overall"][key] == pytest.approx(value, abs=1e-6), key
+    assert (one / "predictions.coco.json").read_text() == (
+        two / "predictions.coco.json"
+    ).read_text()

@@ -180,6 +180,52 @@ def run_model(
     return run
 
 
+def run_sharded(
+    predictor: SAM3LoRAInference,
+    coco: CocoDataset,
+    name: str,
+    negatives: dict[int, list[str]],
+    threshold: float,
+    batch_size: int,
+    indices: list[int],
+) -> ModelRun:
+    """:func:`run_model`, split between the processes of a distributed launch (every N-th image
+    from each rank) and gathered in image order on every process: N processes give exactly the
+    run of one."""
+    from accelerate import PartialState
+
+    state = PartialState()
+    if state.num_processes == 1:
+        return run_model(predictor, coco, name, negatives, threshold, batch_size, indices)
+    from accelerate.utils import gather_object
+
+    mine = indices[state.process_index :: state.num_processes]
+    parts = gather_object(
+        [run_model(predictor, coco, name, negatives, threshold, batch_size, mine)]
+    )
+    position = {coco.images[i].id: k for k, i in enumerate(indices)}
+    merged = ModelRun(
+        name=name,
+        source=parts[0].source,
+        sweep_thresholds=parts[0].sweep_thresholds,
+        seconds=max(part.seconds for part in parts),
+    )
+    for part in parts:
+        merged.results.extend(part.results)
+        merged.pairs.extend(part.pairs)
+        merged.image_scores.update(part.image_scores)
+    merged.results.sort(key=lambda r: position[r["image_id"]])  # stable: per image as one runs
+    merged.pairs.sort(key=lambda p: position[p["image_id"]])
+    merged.image_scores = dict(sorted(merged.image_scores.items(), key=lambda kv: position[kv[0]]))
+    by_image: dict[int, list[float]] = {}
+    for rank, part in enumerate(parts):
+        scores = iter(part.negative_scores)
+        for index in indices[rank :: state.num_processes]:
+            by_image[index] = [next(scores) for _ in negatives[index]]
+    merged.negative_scores = [score for index in indices for score in by_image[index]]
+    return merged
+
+
 def _sweep_iou_dice(
     prediction: PromptPrediction, gt_masks: np.ndarray, thresholds: tuple[float, ...]
 ) -> list[tuple[float, float]]:
@@ -318,16 +364,16 @@ def evaluate_dataset(
     runs: dict[str, ModelRun] = {}
     if compare_base and primary == "adapter":
         if base_predictor is not None:
-            runs["base"] = run_model(
+            runs["base"] = run_sharded(
                 base_predictor, coco, "base", negatives, threshold, batch_size, indices
             )
         elif predictor.has_adapter:
             with predictor.adapter_disabled():
-                runs["base"] = run_model(
+                runs["base"] = run_sharded(
                     predictor, coco, "base", negatives, threshold, batch_size, indices
                 )
     merged = merge_adapter and predictor.merge_adapter()
-    runs[primary] = run_model(predictor, coco, primary, negatives, threshold, batch_size, indices)
+    runs[primary] = run_sharded(predictor, coco, primary, negatives, threshold, batch_size, indices)
     gt = scored_ground_truth(coco, max_images)
     names = {c.id: c.name for c in coco.categories}
     metrics: dict[str, Any] = {
@@ -371,21 +417,26 @@ def evaluate_from_config(
             ``evaluation.num_negative_prompts``); the vocabulary is ``data.negative_prompts``.
         max_images: evaluate the first N images only (quick checks).
     """
+    from accelerate import PartialState
+
     from sam3_lora.evaluation.report import comparison_tables, render_gallery, write_reports
 
+    state = PartialState()  # a distributed launch splits the images (see run_sharded)
+    device = state.device if state.num_processes > 1 else None
     console = console or Console()
     evaluation = config.evaluation
     coco = open_config_split(config, split)
     predictor = SAM3LoRAInference(
         config,
         weights_path=adapter_dir,
+        device=device,
         threshold=evaluation.score_threshold,
         mask_threshold=evaluation.mask_threshold,
         batch_size=evaluation.batch_size,
     )
     base_predictor = None
     if compare_base and adapter_dir is not None and not predictor.has_adapter:
-        base_predictor = SAM3LoRAInference(config, batch_size=evaluation.batch_size)
+        base_predictor = SAM3LoRAInference(config, device=device, batch_size=evaluation.batch_size)
     metrics, runs = evaluate_dataset(
         predictor,
         coco,
@@ -401,13 +452,15 @@ def evaluate_from_config(
     )
     metrics["split"] = split
     output = Path(output_dir) if output_dir else Path(config.output.output_dir) / f"eval-{split}"
+    metrics["output_dir"] = str(output)
+    if not state.is_main_process:  # every process has the gathered metrics; one writes
+        return metrics
     scored = write_scored_files(metrics, runs, coco, output, max_images)
     gallery = render_gallery(coco, runs, evaluation.score_threshold, gallery_size)
     files = {**scored, **write_reports(metrics, gallery, output)}
     for table in comparison_tables(metrics):
         console.print(table)
     console.print(f"[green]reports[/green] written to {output} ({', '.join(sorted(files))})")
-    metrics["output_dir"] = str(output)
     metrics["files"] = {name: str(path) for name, path in files.items()}
     return metrics
 
