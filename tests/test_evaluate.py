@@ -107,6 +107,7 @@ def test_evaluate_compares_base_and_adapter(
         assert adapter["best_threshold"] is None
     assert "by score threshold" in printed
     assert (tmp_path / "threshold_sweep.png").stat().st_size > 0
+    assert (tmp_path / "gallery.png").stat().st_size > 0  # the worst images, as a picture
     assert "## By score threshold" in (tmp_path / "report.md").read_text()
 
     page = (tmp_path / "report.html").read_text()

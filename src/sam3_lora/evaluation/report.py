@@ -56,6 +56,8 @@ CONSOLE_PER_CATEGORY = ("segm/AP", "cgF1", "miou")
 SWEEP_COLUMNS = ("cgF1", "giou", "miou", "absent_fire_rate", "negative_fire_rate")
 CONSOLE_SWEEP_COLUMNS = ("cgF1", "giou", "miou", "absent_fire_rate")
 SWEEP_PLOT = "threshold_sweep.png"
+GALLERY_PNG = "gallery.png"
+GALLERY_PNG_ROWS = 4
 
 
 @dataclass
@@ -255,6 +257,18 @@ def render_gallery(
     return items
 
 
+def stack_sheets(sheets: list[Image.Image], gap: int = 6) -> Image.Image:
+    """Gallery rows one under the other, on one white page."""
+    width = max(sheet.width for sheet in sheets)
+    height = sum(sheet.height for sheet in sheets) + gap * (len(sheets) - 1)
+    page = Image.new("RGB", (width, height), (255, 255, 255))
+    y = 0
+    for sheet in sheets:
+        page.paste(sheet, (0, y))
+        y += sheet.height + gap
+    return page
+
+
 def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines.extend("| " + " | ".join(row) + " |" for row in rows)
@@ -290,11 +304,15 @@ img { max-width: 100%; border: 1px solid #ddd; }
 def write_reports(
     metrics: dict[str, Any], gallery: list[GalleryItem], output_dir: str | Path
 ) -> dict[str, Path]:
-    """Write ``metrics.json``, ``report.md`` and ``report.html``; returns their paths."""
+    """Write ``metrics.json``, ``report.md``, ``report.html`` and ``gallery.png`` (the worst
+    images, ground truth and each model side by side); returns their paths."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     files = {"metrics.json": output_dir / "metrics.json"}
     write_json(files["metrics.json"], _json_safe(metrics), indent=2)
+    if gallery:
+        files[GALLERY_PNG] = output_dir / GALLERY_PNG
+        stack_sheets([item.sheet for item in gallery[:GALLERY_PNG_ROWS]]).save(files[GALLERY_PNG])
 
     overall, categories, sweep = overall_rows(metrics), category_rows(metrics), sweep_rows(metrics)
     plot = plot_threshold_sweep(metrics, output_dir / SWEEP_PLOT)
