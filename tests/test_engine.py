@@ -109,3 +109,23 @@ def test_no_engine_module_imports_a_task() -> None:
             for name in names:
                 assert not name.startswith(("sam3_lora.tasks", "sam3_lora.models")), (file, name)
                 assert "sam3" not in name.removeprefix("sam3_lora"), (file, name)
+
+
+def test_out_of_memory_stops_with_the_settings_to_change(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = {"n": 0}
+    real = ToyTask.loss
+
+    def runs_out_at_step_3(self: ToyTask, outputs: object, batch: object, num: object = None):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(self, outputs, batch, num)
+
+    monkeypatch.setattr(ToyTask, "loss", runs_out_at_step_3)
+    from sam3_lora.engine.trainer import TrainingError
+
+    with pytest.raises(TrainingError, match="out of GPU memory at step 3.*gradient_checkpointing"):
+        _run(tmp_path, **{"training.max_steps": 5, "training.save_steps": 2})
+    assert [step for step, _ in step_checkpoints(tmp_path / "checkpoints")] == [2]

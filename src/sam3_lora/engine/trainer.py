@@ -257,6 +257,16 @@ class Trainer:
         """
         try:
             return self._train(resume)
+        except torch.OutOfMemoryError:
+            settings = self.config.training
+            raise TrainingError(
+                f"out of GPU memory at step {self.state.global_step + 1} (batch "
+                f"{settings.batch_size} per process): lower training.batch_size (or, for SAM3, "
+                "data.max_prompts_per_image), turn on training.gradient_checkpointing, set "
+                "loss.mask_loss_resolution, or adapt fewer components (a smaller preset). "
+                "Checkpoints are in "
+                f"{self.checkpoints_dir}; --resume continues from the last one"
+            ) from None
         except (RuntimeError, torch.distributed.DistError) as error:
             accelerator = getattr(self, "accelerator", None)
             if accelerator is None or accelerator.num_processes < 2 or not _lost_peer(error):
