@@ -86,14 +86,22 @@ class ConceptTask:
         ``weight_decay``): per component and ViT layer in full mode, decay / no decay in LoRA."""
         return self.groups(self.network.named_parameters())
 
-    def save_weights(self, folder: Path) -> None:
+    def save_weights(self, folder: Path, state_dict: dict[str, Tensor] | None = None) -> None:
         """Write what is trained into ``folder``: the adapter (PEFT format) for a LoRA model,
         the whole model (``save_pretrained``, safetensors) and its processor when every weight
-        is trained (a folder ``Sam3Model.from_pretrained`` and ``sam3-lora predict`` load)."""
+        is trained (a folder ``Sam3Model.from_pretrained`` and ``sam3-lora predict`` load).
+
+        Args:
+            state_dict: full mode under FSDP: the gathered state dict of :attr:`model`
+                (``accelerator.get_state_dict(model)``, collected on every rank) to write
+                instead of the sharded parameters.
+        """
         if isinstance(self.network, PeftModel):
             save_lora_weights(self.network, folder)
             return
-        self.network.save_pretrained(folder, safe_serialization=True)
+        if state_dict is not None:
+            state_dict = {k.removeprefix("network."): v for k, v in state_dict.items()}
+        self.network.save_pretrained(folder, state_dict=state_dict, safe_serialization=True)
         if self.processor is not None:
             self.processor.save_pretrained(folder)
 
