@@ -26,3 +26,8 @@ def test_param_groups_of_a_lora_run(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["param-groups", "--config", "balanced", "--model", "tiny-random"]) == 0
     out = capsys.readouterr().out
     assert "LoRA on tiny-random" in out and "no_decay" in out and "1.000e-04" in out
+
+
+def test_lora_info_points_full_runs_to_param_groups(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["lora-info", "--config", FULL_FT, "--model", "tiny-random"]) == 0
+    assert "sam3-lora param-groups" in capsys.readouterr().out
