@@ -160,7 +160,11 @@ def test_group_rule_needs_a_rate_for_every_component() -> None:
     ("finetune", "message"),
     [
         ({"mode": "fulll"}, "`finetune.mode` = 'fulll'"),
-        ({"freeze": ["vision"]}, "finetune.freeze: `vision` is not a component of sam3"),
+        (
+            {"mode": "full", "freeze": ["vision"]},
+            "finetune.freeze: `vision` is not a component of sam3",
+        ),
+        ({"freeze": ["text_encoder"]}, "finetune.freeze applies to finetune.mode full"),
         ({"learning_rates": {"decoder": 1e-4}}, "`decoder` is not a component of sam3"),
         ({"learning_rates": {"default": 0}}, "`default`: a learning rate must be > 0"),
         ({"layer_decay": 0}, "`finetune.layer_decay` = 0: Input should be greater than 0"),
@@ -168,6 +172,7 @@ def test_group_rule_needs_a_rate_for_every_component() -> None:
         ({"lr_rate": 1}, "`finetune.lr_rate`: unknown key; did you mean `finetune.lr_scale`?"),
         (
             {
+                "mode": "full",
                 "freeze": [
                     "vision_encoder",
                     "text_encoder",
@@ -175,7 +180,7 @@ def test_group_rule_needs_a_rate_for_every_component() -> None:
                     "detr_encoder",
                     "detr_decoder",
                     "mask_decoder",
-                ]
+                ],
             },
             "every component is frozen",
         ),

@@ -331,6 +331,12 @@ class Config(_Section):
         finetune = self.finetune
         if not finetune.freeze and not finetune.learning_rates:
             return self
+        if finetune.freeze and finetune.mode == "lora":
+            raise ValueError(
+                "finetune.freeze applies to finetune.mode full; a LoRA run trains only the "
+                "components whose lora.apply_to_* is true (set finetune.mode: full, or remove "
+                "finetune.freeze)"
+            )
         from sam3_lora.tasks import get_spec
 
         components = list(get_spec(self.model.family).components)
