@@ -122,6 +122,51 @@ class TrainingSettings(_Section):
         description="N processes: a collective that waits longer (a process died or hangs) "
         "ends the run with an error",
     )
+    gradient_checkpointing: bool = Field(
+        False,
+        description="recompute the activations of the ViT and DETR layers in the backward pass: "
+        "less memory, about a third more compute (LoRA and full mode)",
+    )
+
+
+class FinetuneSettings(_Section):
+    """What is trained: LoRA adapters, or the weights themselves with Meta's per-component
+    learning rates (``lr = learning_rates[component] * lr_scale``, layer-wise decay on the ViT)."""
+
+    mode: Literal["lora", "full"] = Field(
+        "lora",
+        description="lora: adapters as the lora section says (training.learning_rate); "
+        "full: every weight of the components not in `freeze`",
+    )
+    learning_rates: dict[str, float] = Field(
+        default_factory=dict,
+        description="full mode: base learning rate per component before lr_scale; `default` "
+        "for the rest; unset keys take the task's (Meta's) values, e.g. SAM3 vision_encoder "
+        "2.5e-4, text_encoder 5e-5, default 8e-4",
+    )
+    lr_scale: float = Field(0.1, gt=0, description="full mode: multiplies every learning rate")
+    layer_decay: float = Field(
+        0.9,
+        gt=0,
+        le=1,
+        description="full mode: ViT block k of n gets decay^(n - k), the patch embedding "
+        "decay^(n + 1); 1 = off",
+    )
+    weight_decay: float = Field(
+        0.1, ge=0, description="full mode: AdamW weight decay (none on biases and LayerNorms)"
+    )
+    freeze: list[str] = Field(
+        default_factory=list,
+        description="full mode: components kept frozen, e.g. [vision_encoder, text_encoder]",
+    )
+
+    @field_validator("learning_rates")
+    @classmethod
+    def _positive_learning_rates(cls, value: dict[str, float]) -> dict[str, float]:
+        for component, rate in value.items():
+            if not rate > 0:
+                raise ValueError(f"`{component}`: a learning rate must be > 0, got {rate}")
+        return value
 
 
 class SplitSettings(_Section):
@@ -237,6 +282,7 @@ class Config(_Section):
 
     model: ModelSettings = Field(default_factory=ModelSettings)
     lora: LoraSettings = Field(default_factory=LoraSettings)
+    finetune: FinetuneSettings = Field(default_factory=FinetuneSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     data: DataSettings = Field(default_factory=DataSettings)
     loss: ConceptLossSettings = Field(
@@ -283,6 +329,36 @@ class Config(_Section):
             raise ValueError(
                 f"lora.{wrong[0]}: `{wrong[0].removeprefix('apply_to_')}` is not a component of "
                 f"{self.model.family}; its components: {', '.join(components)}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _finetune_names_are_components(self) -> Config:
+        finetune = self.finetune
+        if not finetune.freeze and not finetune.learning_rates:
+            return self
+        if finetune.freeze and finetune.mode == "lora":
+            raise ValueError(
+                "finetune.freeze applies to finetune.mode full; a LoRA run trains only the "
+                "components whose lora.apply_to_* is true (set finetune.mode: full, or remove "
+                "finetune.freeze)"
+            )
+        from sam3_lora.tasks import get_spec
+
+        components = list(get_spec(self.model.family).components)
+        named = [("freeze", name) for name in finetune.freeze]
+        named += [("learning_rates", name) for name in finetune.learning_rates]
+        for key, name in named:
+            if name not in components and not (key == "learning_rates" and name == "default"):
+                extra = ", default" if key == "learning_rates" else ""
+                raise ValueError(
+                    f"finetune.{key}: `{name}` is not a component of {self.model.family}; "
+                    f"its components: {', '.join(components)}{extra}"
+                )
+        if len(set(finetune.freeze)) == len(components):
+            raise ValueError(
+                "finetune.freeze: every component is frozen, nothing would be trained; "
+                "remove one from the list"
             )
         return self
 

@@ -57,7 +57,8 @@ class SAM3TrainerNative:
         report = parameter_report(recipe.task.model)
         source = config.model.name_or_path
         if main:
-            self.console.print(parameter_table(report, title=f"LoRA on {source}"))
+            kind = "LoRA" if config.finetune.mode == "lora" else "Full fine-tuning"
+            self.console.print(parameter_table(report, title=f"{kind} on {source}"))
             self.console.print(recipe.description)
             output_dir = Path(config.output.output_dir)
             output_dir.mkdir(parents=True, exist_ok=True)

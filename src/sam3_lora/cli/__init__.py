@@ -13,7 +13,7 @@ from sam3_lora.errors import Sam3LoraError
 
 # Each module exposes ``register(subparsers)``; a subcommand sets ``func`` to a callable
 # taking the parsed namespace and returning an exit code.
-_COMMAND_MODULES = ("data", "lora_info", "train", "evaluate", "predict", "merge")
+_COMMAND_MODULES = ("data", "lora_info", "param_groups", "train", "evaluate", "predict", "merge")
 
 
 def build_parser() -> argparse.ArgumentParser:

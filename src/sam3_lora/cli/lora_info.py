@@ -47,4 +47,9 @@ def run(args: argparse.Namespace) -> int:
         f"{', '.join(config.lora.components(loaded.spec.components))}"
     )
     console.print(parameter_table(report, title=title))
+    if config.finetune.mode == "full":
+        console.print(
+            "finetune.mode is full: no LoRA is trained; `sam3-lora param-groups` prints the "
+            "groups and learning rates of the run"
+        )
     return 0

@@ -26,7 +26,12 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.data_loader import get_sampler
-from accelerate.utils import InitProcessGroupKwargs, gather_object, set_seed
+from accelerate.utils import (
+    DistributedDataParallelKwargs,
+    InitProcessGroupKwargs,
+    gather_object,
+    set_seed,
+)
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
@@ -40,6 +45,7 @@ from sam3_lora.engine.checkpoint import (
     rotate_checkpoints,
     write_trainer_state,
 )
+from sam3_lora.engine.optim import decay_groups
 from sam3_lora.engine.reporting import (
     MetricsLog,
     comparison_table,
@@ -111,7 +117,12 @@ class Trainer:
             gradient_accumulation_steps=settings.gradient_accumulation_steps,
             step_scheduler_with_optimizer=False,
             kwargs_handlers=[
-                InitProcessGroupKwargs(timeout=timedelta(seconds=settings.distributed_timeout_s))
+                InitProcessGroupKwargs(timeout=timedelta(seconds=settings.distributed_timeout_s)),
+                # Full fine-tuning trains weights a batch may not reach (SAM3's box encoder on
+                # text-only prompts): DDP must look for them, as Meta's trainer does.
+                DistributedDataParallelKwargs(
+                    find_unused_parameters=bool(getattr(self.task, "find_unused_parameters", False))
+                ),
             ],
         )
         check_launch(self.accelerator)
@@ -172,21 +183,18 @@ class Trainer:
         return self.accelerator.is_main_process
 
     def _parameter_groups(self) -> list[dict[str, Any]]:
-        """The task's optimizer groups, or AdamW's usual two: weight decay on weights, none on
-        biases and norms (Meta's rule)."""
-        groups = getattr(self.task, "parameter_groups", None)
-        if groups is not None:
-            return groups()
-        parameters = [p for p in self.task.model.parameters() if p.requires_grad]
-        if not parameters:
-            raise TrainingError("no trainable parameters: check the lora section of the config")
-        return [
-            {
-                "params": [p for p in parameters if p.ndim >= 2],
-                "weight_decay": self.config.training.weight_decay,
-            },
-            {"params": [p for p in parameters if p.ndim < 2], "weight_decay": 0.0},
-        ]
+        """The task's optimizer groups (per component and layer in full fine-tuning), or
+        AdamW's usual two: weight decay on weights, none on biases and norms (Meta's rule)."""
+        settings = self.config.training
+        if hasattr(self.task, "parameter_groups"):
+            groups = self.task.parameter_groups()
+        else:
+            groups = decay_groups(
+                self.task.model.named_parameters(), settings.learning_rate, settings.weight_decay
+            )
+        if not any(group["params"] for group in groups):
+            raise TrainingError("no trainable parameters: check the lora / finetune sections")
+        return groups
 
     def _validation_loader(self) -> DataLoader | None:
         """This process's share of the validation split: every N-th image from its rank (the
@@ -385,7 +393,7 @@ class Trainer:
         accumulation = settings.gradient_accumulation_steps
         elapsed = time.perf_counter() - started
         images_per_second = (self.state.images_seen - images_at_start) / max(elapsed, 1e-9)
-        lr = self.scheduler.get_last_lr()[0]
+        lr = max(self.scheduler.get_last_lr())  # the largest group's (full mode: the detector)
         progress.set_postfix(
             loss=f"{terms.get('loss', float('nan')) / accumulation:.3f}",
             lr=f"{lr:.2e}",

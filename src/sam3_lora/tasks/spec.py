@@ -31,6 +31,9 @@ class TaskSpec:
         build_recipe: ``(config, loaded) -> TaskRecipe`` (the trainable task and its datasets).
         layer_of: ``(parameter name, trunk depth) -> (component, layer index, layers)`` for
             layer-wise learning-rate decay, or None for parameters outside the layered trunk.
+        full_learning_rates: component -> base learning rate of full fine-tuning (before
+            ``finetune.lr_scale``); ``default`` for the components without one.
+        build_task: ``(config, loaded) -> task`` without datasets (``param-groups`` uses it).
         gated_hint: what to do when the default weights cannot be downloaded.
         unused_modules: modules of the ``transformers`` model that its forward never runs:
             never adapted (an adapter there would not train, and DDP refuses parameters without
@@ -50,6 +53,8 @@ class TaskSpec:
     build_alias: Callable[[str], tuple[Any, Any]] | None = None
     build_recipe: Callable[..., Any] | None = None
     layer_of: Callable[[str, int], tuple[str, int, int] | None] | None = None
+    full_learning_rates: dict[str, float] = field(default_factory=dict)
+    build_task: Callable[..., Any] | None = None
     gated_hint: str = ""
     unused_modules: tuple[str, ...] = ()
 

@@ -8,8 +8,9 @@ from sam3_lora.config import Config
 from sam3_lora.data.sources import resolve_data_splits
 from sam3_lora.data.transforms import build_transforms
 from sam3_lora.data.vocabulary import load_negative_vocabulary
-from sam3_lora.lora import apply_lora_to_model
 from sam3_lora.models import LoadedModel
+from sam3_lora.tasks.concept.checkpointing import enable_activation_checkpointing
+from sam3_lora.tasks.concept.finetune import describe_mode, group_builder, prepare_network
 from sam3_lora.tasks.concept.loss import LossWeights, Sam3ConceptLoss
 from sam3_lora.tasks.concept.module import ConceptModel
 from sam3_lora.tasks.concept.samples import ConceptDataset
@@ -75,14 +76,22 @@ def build_concept_datasets(
 
 
 def build_concept_task(config: Config, loaded: LoadedModel) -> ConceptTask:
-    """Inject LoRA into the loaded base model and wrap it in the concept task."""
-    network = apply_lora_to_model(loaded.model, config.lora)
+    """The concept task of ``config`` on the loaded base model: LoRA injected
+    (``finetune.mode: lora``) or the weights made trainable (``full``), activation
+    checkpointing on when ``training.gradient_checkpointing`` says so."""
+    network = prepare_network(loaded.model, config)
+    if config.training.gradient_checkpointing:
+        enable_activation_checkpointing(network)
     weights = LossWeights(**config.loss.model_dump(exclude={"type"}))
+    # `sam3-size` (meta device) has no processor: its task reports groups but cannot run.
+    tokenizer = loaded.processor.tokenizer if loaded.processor is not None else None
     return ConceptTask(
-        ConceptModel(network, loaded.processor.tokenizer),
+        ConceptModel(network, tokenizer),
         Sam3ConceptLoss(weights),
         score_threshold=config.evaluation.score_threshold,
         mask_threshold=config.evaluation.mask_threshold,
+        groups=group_builder(network, config),
+        processor=loaded.processor,
     )
 
 
@@ -92,7 +101,8 @@ def build_concept_recipe(config: Config, loaded: LoadedModel) -> TaskRecipe:
     resolution = model_resolution(loaded, config)
     train, valid = build_concept_datasets(config, resolution)
     description = (
-        f"{len(train)} training images, {len(valid) if valid else 0} validation images, "
+        f"{describe_mode(config)}; {len(train)} training images, "
+        f"{len(valid) if valid else 0} validation images, "
         f"{len(train.coco.categories)} categories, resolution {resolution}"
     )
     return TaskRecipe(task, train, valid, description)

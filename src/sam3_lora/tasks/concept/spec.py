@@ -38,6 +38,15 @@ GATED_HINT = (
 )
 
 _VIT_LAYER = re.compile(r"vision_encoder\.backbone\.layers\.(\d+)\.")
+#: Layer 0 of the ViT trunk for layer decay: Meta's ``patch_embed`` and ``ln_pre``.
+_VIT_STEM = (
+    "vision_encoder.backbone.embeddings.patch_embeddings.",
+    "vision_encoder.backbone.layer_norm.",
+)
+
+#: Base learning rates of Meta's SAM3 full fine-tuning (``lr_transformer`` for ``default``,
+#: ``lr_vision_backbone``, ``lr_language_backbone``), multiplied by ``finetune.lr_scale`` (0.1).
+FULL_LEARNING_RATES = {"vision_encoder": 2.5e-4, "text_encoder": 5e-5, "default": 8e-4}
 
 
 def build_alias(name: str) -> tuple[Any, Any]:
@@ -54,14 +63,24 @@ def build_alias(name: str) -> tuple[Any, Any]:
 
 
 def layer_of(name: str, num_layers: int) -> tuple[str, int, int] | None:
-    """``(component, block index, blocks)`` of a ViT block parameter, for layer-wise decay
-    (Meta: block k of 32 gets ``decay^(32 - k)``, the patch embedding ``decay^33``)."""
+    """``(component, layer index, blocks)`` of a ViT trunk parameter, for layer-wise decay:
+    block k (from 0) is layer k + 1 and gets ``decay^(num_layers - k)``, the patch embedding and
+    the pre-block LayerNorm layer 0 (``decay^(num_layers + 1)``), as Meta's ``get_layer_id``.
+    None (no decay) elsewhere, the position embedding included (Meta's ``*pos_embed*``
+    override to 1)."""
+    name = name.removeprefix("base_model.model.")
     match = _VIT_LAYER.search(name)
     if match:
         return "vision_encoder", int(match.group(1)) + 1, num_layers
-    if "vision_encoder.backbone.embeddings" in name:
+    if name.startswith(_VIT_STEM):
         return "vision_encoder", 0, num_layers
     return None
+
+
+def build_task(config: Any, loaded: Any) -> Any:
+    from sam3_lora.tasks.concept.recipe import build_concept_task
+
+    return build_concept_task(config, loaded)
 
 
 def build_recipe(config: Any, loaded: Any) -> Any:
@@ -84,6 +103,8 @@ SPEC = TaskSpec(
     build_alias=build_alias,
     build_recipe=build_recipe,
     layer_of=layer_of,
+    full_learning_rates=FULL_LEARNING_RATES,
+    build_task=build_task,
     gated_hint=GATED_HINT,
     # CLIP's own output projection: Sam3Model projects text features with its top-level
     # `text_projection` instead.

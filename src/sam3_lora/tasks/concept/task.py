@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 from peft import PeftModel
 from torch import Tensor
 
+from sam3_lora.engine.optim import NamedParameters, decay_groups
 from sam3_lora.errors import AdapterError, CheckpointError
 from sam3_lora.lora import load_adapter_weights_strict, save_lora_weights
 from sam3_lora.models import load_model_weights_strict
@@ -24,6 +28,10 @@ class ConceptTask:
         model: the :class:`ConceptModel` (the module the trainer prepares and wraps).
         loss: the set-prediction loss.
         score_threshold / mask_threshold: of the thresholded validation metrics.
+        groups: ``named parameters -> AdamW param groups`` (see ``tasks/concept/finetune.py``);
+            default: the two LoRA groups at learning rate 1e-4, weight decay 0.01.
+        processor: saved beside the weights of a fully trained model, so that ``final/`` is a
+            complete model folder.
     """
 
     def __init__(
@@ -32,11 +40,15 @@ class ConceptTask:
         loss: Sam3ConceptLoss,
         score_threshold: float = 0.5,
         mask_threshold: float = 0.5,
+        groups: Callable[[NamedParameters], list[dict]] | None = None,
+        processor: Any | None = None,
     ) -> None:
         self.model = model
         self.criterion = loss
         self.score_threshold = score_threshold
         self.mask_threshold = mask_threshold
+        self.groups = groups or partial(decay_groups, learning_rate=1e-4, weight_decay=0.01)
+        self.processor = processor
 
     def collate(self, samples: list[ConceptSample]) -> ConceptBatch:
         return collate_concept_samples(samples)
@@ -76,17 +88,39 @@ class ConceptTask:
         return summarize_validation(steps)
 
     @property
+    def find_unused_parameters(self) -> bool:
+        """Whether a batch may leave trainable weights without gradients (full fine-tuning:
+        the box-exemplar encoder on text-only prompts, for one); DDP must then look for them."""
+        return not isinstance(self.network, PeftModel)
+
+    @property
     def network(self) -> torch.nn.Module:
         """The PEFT model (LoRA) or the plain ``Sam3Model`` (full fine-tuning)."""
         return self.model.network
 
-    def save_weights(self, folder: Path) -> None:
+    def parameter_groups(self) -> list[dict]:
+        """AdamW param groups of the trainable parameters (``name``, ``params``, ``lr``,
+        ``weight_decay``): per component and ViT layer in full mode, decay / no decay in LoRA."""
+        return self.groups(self.network.named_parameters())
+
+    def save_weights(self, folder: Path, state_dict: dict[str, Tensor] | None = None) -> None:
         """Write what is trained into ``folder``: the adapter (PEFT format) for a LoRA model,
-        the whole model (``save_pretrained``) when every weight is trained."""
+        the whole model (``save_pretrained``, safetensors) and its processor when every weight
+        is trained (a folder ``Sam3Model.from_pretrained`` and ``sam3-lora predict`` load).
+
+        Args:
+            state_dict: full mode under FSDP: the gathered state dict of :attr:`model`
+                (``accelerator.get_state_dict(model)``, collected on every rank) to write
+                instead of the sharded parameters.
+        """
         if isinstance(self.network, PeftModel):
             save_lora_weights(self.network, folder)
-        else:
-            self.network.save_pretrained(folder, safe_serialization=True)
+            return
+        if state_dict is not None:
+            state_dict = {k.removeprefix("network."): v for k, v in state_dict.items()}
+        self.network.save_pretrained(folder, state_dict=state_dict, safe_serialization=True)
+        if self.processor is not None:
+            self.processor.save_pretrained(folder)
 
     def load_weights(self, folder: Path) -> None:
         """Load what :meth:`save_weights` wrote, strictly (missing / unexpected keys fail)."""
