@@ -137,8 +137,10 @@ def test_two_processes_run_like_one_write_once_and_resume(shapes: Path, tmp_path
         [sys.executable, "-m", "sam3_lora.cli", *_train_args(shapes, one, batch_size=2)],
         tmp_path / "one.log",
     )
+    # The convenience flag: `sam3-lora train --num_gpus 2` starts the torchrun launch itself.
     printed = _run(
-        [*_torchrun("--nproc_per_node", "2"), *_train_args(shapes, two)], tmp_path / "two.log"
+        [sys.executable, "-m", "sam3_lora.cli", *_train_args(shapes, two), "--num_gpus", "2"],
+        tmp_path / "two.log",
     )
 
     # The same trajectory, up to the per-process sqrt(B) scale.
