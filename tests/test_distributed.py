@@ -248,3 +248,33 @@ def test_evaluate_on_two_processes_gives_the_numbers_of_one(shapes: Path, tmp_pa
     assert (one / "predictions.coco.json").read_text() == (
         two / "predictions.coco.json"
     ).read_text()
+
+
+def test_a_non_finite_loss_on_one_process_is_skipped_by_all(tmp_path: Path) -> None:
+    probe = Path(__file__).with_name("distributed_probe.py")
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(probe),
+        str(tmp_path),
+    ]  # fmt: skip
+    printed = _run(command, tmp_path / "probe.log")
+    assert "rank 0 of 2: finite everywhere = False" in printed
+    assert "rank 1 of 2: finite everywhere = False" in printed
+
+
+def test_a_launch_accelerate_does_not_see_stops_with_the_right_command(
+    shapes: Path, tmp_path: Path
+) -> None:
+    env = _env()
+    env.pop("ACCELERATE_USE_CPU")  # plain torchrun on a machine without GPUs
+    command = [*_torchrun("--nproc_per_node", "2"), *_train_args(shapes, tmp_path / "run")]
+    log = tmp_path / "launch.log"
+    with open(log, "w") as handle:
+        process = subprocess.Popen(
+            command, stdout=handle, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+    code, text = _wait(process, log)
+    if torch.cuda.is_available():
+        pytest.skip("with GPUs Accelerate sees the torchrun launch")
+    assert code != 0
+    assert "WORLD_SIZE=2" in text and "ACCELERATE_USE_CPU=1 torchrun" in text, text[-3000:]
+    assert not (tmp_path / "run" / "metrics.csv").exists()
