@@ -332,6 +332,34 @@ def print_table(results: list[Result]) -> None:
         )
 
 
+MARKDOWN_COLUMNS = (
+    "model",
+    "preset",
+    "variant",
+    "resolution",
+    "batch_size",
+    "prompts_per_image",
+    "precision",
+    "gradient_checkpointing",
+    "gpu_name",
+    "images_per_s",
+    "flop_bound_images_per_s",
+    "peak_memory_gb",
+    "date",
+)
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """Result rows as a markdown table."""
+
+    def cell(value: Any) -> str:
+        return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+    lines = ["| " + " | ".join(MARKDOWN_COLUMNS) + " |", "|" + "---|" * len(MARKDOWN_COLUMNS)]
+    lines += ["| " + " | ".join(cell(r.get(c)) for c in MARKDOWN_COLUMNS) + " |" for r in rows]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> list[Result]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -353,7 +381,16 @@ def main(argv: list[str] | None = None) -> list[Result]:
     parser.add_argument("--flops", action="store_true", help="count FLOPs (one extra step)")
     parser.add_argument("--json", type=Path, default=None, help="append the rows to this file")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--parse_only", action="store_true", help="check the arguments, exit")
+    parser.add_argument("--markdown", type=Path, default=None, help="print a JSON file as a table")
     args = parser.parse_args(argv)
+    if args.markdown:
+        print(markdown_table(json.loads(args.markdown.read_text())))
+        return []
+    if args.parse_only:
+        load_config(args.preset)
+        print(f"ok: {vars(args)}")
+        return []
     if args.model == "sam2.1-large-size":
         print("sam2.1-large-size: the SAM2.1 promptable task is not on this branch yet; skipped")
         return []
