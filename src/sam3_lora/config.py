@@ -127,6 +127,12 @@ class TrainingSettings(_Section):
         description="recompute the activations of the ViT and DETR layers in the backward pass: "
         "less memory, about a third more compute (LoRA and full mode)",
     )
+    cache_vision_features: bool = Field(
+        False,
+        description="keep each training image's vision features in CPU memory after the first "
+        "epoch and reuse them (epochs after the first skip the ViT); needs a frozen vision "
+        "encoder (no adapter in it) and data.augment: false, horizontal_flip: false",
+    )
 
 
 class FinetuneSettings(_Section):

@@ -31,6 +31,7 @@ from transformers import Sam3Model
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput, inverse_sigmoid
 
+from sam3_lora.tasks.concept.feature_cache import VisionFeatureCache
 from sam3_lora.tasks.concept.loss import ConceptOutputs
 from sam3_lora.tasks.concept.samples import BOX_PADDING_LABEL, ConceptBatch
 from sam3_lora.tasks.spec import unwrap_model
@@ -111,12 +112,20 @@ class ConceptModel(torch.nn.Module):
     Args:
         network: a ``Sam3Model``, possibly wrapped by PEFT.
         tokenizer: the processor's tokenizer (texts are tokenized inside ``forward``).
+        feature_cache: vision features kept across epochs (frozen vision encoder, fixed
+            transform); used in training mode only (validation images have other indices).
     """
 
-    def __init__(self, network: torch.nn.Module, tokenizer: object) -> None:
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        tokenizer: object,
+        feature_cache: VisionFeatureCache | None = None,
+    ) -> None:
         super().__init__()
         self.network = network
         self.tokenizer = tokenizer
+        self.feature_cache = feature_cache
 
     @property
     def sam3(self) -> Sam3Model:
@@ -131,7 +140,14 @@ class ConceptModel(torch.nn.Module):
             ``[L, B, ...]``, final-layer masks ``[B, Q, h, w]`` and semantic logits.
         """
         device = batch.pixel_values.device
-        vision = self.network.get_vision_features(pixel_values=batch.pixel_values)
+        if self.feature_cache is not None and self.training:
+            vision = self.feature_cache.features(
+                batch.image_indices,
+                batch.pixel_values,
+                lambda pixels: self.network.get_vision_features(pixel_values=pixels),
+            )
+        else:
+            vision = self.network.get_vision_features(pixel_values=batch.pixel_values)
         text_features, text_mask, text_index = encode_prompts(
             self.network, self.tokenizer, batch.prompts, device
         )

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import logging
 
+import torch
+
 from sam3_lora.config import Config
 from sam3_lora.data.sources import resolve_data_splits
 from sam3_lora.data.transforms import build_transforms
 from sam3_lora.data.vocabulary import load_negative_vocabulary
+from sam3_lora.errors import ConfigError
 from sam3_lora.models import LoadedModel
 from sam3_lora.tasks.concept.checkpointing import enable_activation_checkpointing
+from sam3_lora.tasks.concept.feature_cache import VisionFeatureCache
 from sam3_lora.tasks.concept.finetune import describe_mode, group_builder, prepare_network
 from sam3_lora.tasks.concept.loss import LossWeights, Sam3ConceptLoss
 from sam3_lora.tasks.concept.module import ConceptModel
@@ -75,6 +79,33 @@ def build_concept_datasets(
     return train, valid
 
 
+def vision_feature_cache(config: Config, network: torch.nn.Module) -> VisionFeatureCache | None:
+    """The cache of ``training.cache_vision_features``; a config error when the vision features
+    change between epochs (trained vision encoder, augmentation)."""
+    if not config.training.cache_vision_features:
+        return None
+    trained = [
+        name
+        for name, p in network.named_parameters()
+        if p.requires_grad and ".vision_encoder." in f".{name}"
+    ]
+    if trained:
+        raise ConfigError(
+            "training.cache_vision_features needs a frozen vision encoder, but "
+            f"{len(trained)} of its parameters are trained (e.g. {trained[0]}). Set "
+            "lora.apply_to_vision_encoder: false (LoRA) or add vision_encoder to "
+            "finetune.freeze (full mode), or turn the cache off."
+        )
+    if config.data.augment or config.data.horizontal_flip:
+        raise ConfigError(
+            "training.cache_vision_features reuses the first epoch's features, but data.augment "
+            "or data.horizontal_flip changes the images every epoch. Set both to false, or turn "
+            "the cache off."
+        )
+    resolution = config.data.resolution
+    return VisionFeatureCache(transform_key=("resize", resolution))
+
+
 def build_concept_task(config: Config, loaded: LoadedModel) -> ConceptTask:
     """The concept task of ``config`` on the loaded base model: LoRA injected
     (``finetune.mode: lora``) or the weights made trainable (``full``), activation
@@ -83,10 +114,11 @@ def build_concept_task(config: Config, loaded: LoadedModel) -> ConceptTask:
     if config.training.gradient_checkpointing:
         enable_activation_checkpointing(network)
     weights = LossWeights(**config.loss.model_dump(exclude={"type"}))
+    cache = vision_feature_cache(config, network)
     # `sam3-size` (meta device) has no processor: its task reports groups but cannot run.
     tokenizer = loaded.processor.tokenizer if loaded.processor is not None else None
     return ConceptTask(
-        ConceptModel(network, tokenizer),
+        ConceptModel(network, tokenizer, cache),
         Sam3ConceptLoss(weights),
         score_threshold=config.evaluation.score_threshold,
         mask_threshold=config.evaluation.mask_threshold,
