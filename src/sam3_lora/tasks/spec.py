@@ -29,6 +29,9 @@ class TaskSpec:
         layer_of: ``(parameter name, trunk depth) -> (component, layer index, layers)`` for
             layer-wise learning-rate decay, or None for parameters outside the layered trunk.
         gated_hint: what to do when the default weights cannot be downloaded.
+        default_target_modules: ``lora.target_modules`` when the config sets none: per component
+            the dotted name suffixes of the adapted layers; None = the schema's default (SAM3's).
+        hub_ids: hub ids known to be this family's (``--model`` picks the family from them).
     """
 
     family: str
@@ -45,11 +48,16 @@ class TaskSpec:
     build_recipe: Callable[..., Any] | None = None
     layer_of: Callable[[str, int], tuple[str, int, int] | None] | None = None
     gated_hint: str = ""
+    default_target_modules: dict[str, tuple[str, ...]] | None = None
+    hub_ids: tuple[str, ...] = ()
 
     def component_of(self, name: str) -> str:
         """The component flag that covers a module or parameter name (its top-level module
-        when no flag does); PEFT's ``base_model.model.`` prefix is looked through."""
+        when no flag does); the task module's ``network.`` and PEFT's ``base_model.model.``
+        prefixes are looked through."""
         parts = name.split(".")
+        if parts[0] == "network" and len(parts) > 1:
+            parts = parts[1:]
         if parts[:2] == ["base_model", "model"]:
             parts = parts[2:]
         for component, modules in self.components.items():

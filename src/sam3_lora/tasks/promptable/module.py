@@ -68,7 +68,8 @@ class PromptableModel(nn.Module):
     """Forward of the promptable task (see the module docstring).
 
     Args:
-        model: ``Sam2Model`` / ``Sam3TrackerModel``, possibly PEFT-wrapped.
+        model: ``Sam2Model`` / ``Sam3TrackerModel``, possibly PEFT-wrapped (kept as
+            ``.network``, as the concept task's module keeps its model).
         correction_rounds: corrective clicks per object in training (Meta: 7).
         box_probability: chance that an object's first prompt is its box (Meta: 0.5).
         box_noise / box_noise_bound: box corner noise, fraction of the side and pixel cap.
@@ -100,7 +101,7 @@ class PromptableModel(nn.Module):
             raise ValueError(f"eval_prompt must be `box` or `point`, got `{eval_prompt}`")
         if correction_rounds < 0 or eval_correction_clicks < 0:
             raise ValueError("correction_rounds and eval_correction_clicks must be >= 0")
-        self.model = model
+        self.network = model
         self.correction_rounds = correction_rounds
         self.box_probability = box_probability
         self.box_noise = box_noise
@@ -114,7 +115,7 @@ class PromptableModel(nn.Module):
     @property
     def sam(self) -> nn.Module:
         """The bare ``Sam2Model`` / ``Sam3TrackerModel``."""
-        return base_model(self.model)
+        return base_model(self.network)
 
     def forward(
         self,
