@@ -62,6 +62,7 @@ def load_model(
         else:
             model = built
     else:
+        _check_alias_family(name_or_path, spec)
         source = _resolve_source(name_or_path)
     if Path(source).is_dir():
         _check_folder_family(Path(source), spec)
@@ -97,6 +98,19 @@ def folder_family(folder: str | Path) -> str | None:
         if get_spec(family).model_class.config_class.model_type == model_type:
             return family
     return None
+
+
+def _check_alias_family(name: str, spec: TaskSpec) -> None:
+    if Path(name).expanduser().exists():
+        return
+    from sam3_lora.tasks import family_for_name
+
+    owner = family_for_name(name)
+    if owner is not None and owner != spec.family and name in get_spec(owner).aliases:
+        raise ModelLoadError(
+            f"`{name}` is a {owner} model, not a {spec.family} one: set model.family: {owner} "
+            f"(or --family {owner}); {spec.family} names: {', '.join(spec.aliases)}"
+        )
 
 
 def _check_folder_family(folder: Path, spec: TaskSpec) -> None:
