@@ -46,9 +46,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--output", default="assets/tiny-sam2")
     parser.add_argument("--work_dir", default="outputs/tiny-sam2-build")
     parser.add_argument("--data_dir", default="data/shapes-tiny-sam2-build")
-    parser.add_argument("--steps", type=int, default=4000)
+    parser.add_argument("--steps", type=int, default=8000)
     parser.add_argument("--batch_size", type=int, default=8)
-    parser.add_argument("--learning_rate", type=float, default=2e-3)
+    parser.add_argument("--learning_rate", type=float, default=1e-3)
     parser.add_argument("--warmup_steps", type=int, default=200)
     parser.add_argument("--num_train", type=int, default=4000)
     parser.add_argument("--num_val", type=int, default=64)
@@ -56,7 +56,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--correction_rounds",
         type=int,
-        default=2,
+        default=1,
         help="corrective clicks per object after its first prompt (Meta: 7; fewer is faster)",
     )
     parser.add_argument(

@@ -122,6 +122,7 @@ class PromptableModel(nn.Module):
         batch: PromptBatch,
         prompt: str | None = None,
         correction_clicks: int | None = None,
+        image_embeddings: list[Tensor] | None = None,
     ) -> PromptableOutputs:
         """Predict every object's mask, step by step.
 
@@ -132,6 +133,8 @@ class PromptableModel(nn.Module):
                 ``eval_prompt``.
             correction_clicks: clicks after the first prompt; default ``correction_rounds``
                 when sampling, else ``eval_correction_clicks``.
+            image_embeddings: :meth:`image_embeddings` of the batch already computed (evaluation
+                runs several prompt kinds on one encoding); default: computed here.
 
         Returns:
             ``correction_clicks + 1`` steps of predictions (none when the batch has no object).
@@ -142,7 +145,9 @@ class PromptableModel(nn.Module):
         sampling = mode == "sample"
         if correction_clicks is None:
             correction_clicks = self.correction_rounds if sampling else self.eval_correction_clicks
-        embeddings = self.image_embeddings(batch.pixel_values)
+        embeddings = image_embeddings
+        if embeddings is None:
+            embeddings = self.image_embeddings(batch.pixel_values)
         targets = batch.target_masks
         if batch.num_objects == 0:
             return PromptableOutputs(steps=[], num_objects=0)
