@@ -92,6 +92,6 @@ def test_a_few_training_steps_improve_validation(squares: CocoDataset, one_threa
     # Measured: validation loss 4.48 -> 1.59, mIoU 0.08 -> 0.30 (box prompts, 12 steps).
     assert after["val/loss"] < 0.5 * before["val/loss"]
     assert after["val/miou"] > before["val/miou"] + 0.15
-    assert set(after) >= {"val/miou", "val/dice", "val/loss", "val/loss_mask_focal", "val/objects"}
+    assert set(after) >= {"val/miou", "val/dice", "val/loss", "val/loss_mask_focal", "val/prompts"}
     again, _, _ = _train(squares, steps=2)
     assert again == losses[:2]  # seeded end to end: data, prompts, clicks

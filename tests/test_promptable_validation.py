@@ -60,7 +60,7 @@ def test_validation_step_uses_evaluation_prompts(one_thread: None) -> None:
     again = validation_step(module, PromptableLoss(), batch)
     assert record["iou"].shape == record["dice"].shape == (4,)
     assert torch.equal(record["iou"], again["iou"])  # box prompts, no sampling
-    assert record["objects"].tolist() == [4.0]
+    assert record["prompts"].tolist() == [4.0]
     expected = {"loss/loss", "loss/mask_focal", "loss/mask_dice", "loss/iou", "loss/object_score"}
     assert expected <= set(record)
     points = validation_step(module, PromptableLoss(), batch, prompt="point", correction_clicks=2)
@@ -73,14 +73,14 @@ def test_summarize_weights_losses_by_objects() -> None:
         {
             "iou": torch.tensor([0.5]),
             "dice": torch.tensor([0.6]),
-            "objects": torch.tensor([1.0]),
+            "prompts": torch.tensor([1.0]),
             "loss/loss": torch.tensor([2.0]),
             "loss/iou": torch.tensor([0.2]),
         },
         {
             "iou": torch.tensor([1.0, 0.0, 0.5]),
             "dice": torch.tensor([1.0, 0.0, 0.6]),
-            "objects": torch.tensor([3.0]),
+            "prompts": torch.tensor([3.0]),
             "loss/loss": torch.tensor([4.0]),
             "loss/iou": torch.tensor([0.6]),
         },
@@ -90,6 +90,6 @@ def test_summarize_weights_losses_by_objects() -> None:
     assert metrics["val/dice"] == pytest.approx(0.55)
     assert metrics["val/loss"] == pytest.approx((2 + 12) / 4)
     assert metrics["val/loss_iou"] == pytest.approx((0.2 + 1.8) / 4)
-    assert metrics["val/objects"] == 4.0
+    assert metrics["val/prompts"] == 4.0
     assert set(summarize(records, prefix="val/point/")) == {f"val/point/{k[4:]}" for k in metrics}
     assert summarize([]) == {}

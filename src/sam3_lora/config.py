@@ -1,11 +1,12 @@
 """The one config schema: YAML files validated with pydantic, presets, CLI overrides.
 
 A config has the sections ``model``, ``lora``, ``training``, ``data``, ``loss``, ``evaluation``
-and ``output``. ``model.family`` picks the task (``sam3``: the concept task); the ``loss``
-section is that task's (a union discriminated by ``loss.type``, filled in from the family), and
-the ``lora.apply_to_*`` flags are checked against the task's components. Unknown keys, wrong types
-and out-of-range values raise :class:`ConfigError` with the file, the key and (for typos) the
-closest valid key.
+and ``output``. ``model.family`` picks the task (``sam3``: the concept task; ``sam2`` and
+``sam3_tracker``: the promptable task); the ``loss`` section is that task's (a union
+discriminated by ``loss.type``, filled in from the family), the ``lora.apply_to_*`` flags are
+checked against the task's components, and ``lora.target_modules`` defaults to the family's.
+Unknown keys, wrong types and out-of-range values raise :class:`ConfigError` with the file, the
+key and (for typos) the closest valid key.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -30,7 +31,9 @@ from sam3_lora.errors import ConfigError
 from sam3_lora.paths import presets_dir
 
 #: ``model.family`` -> the task whose ``loss`` section applies (``loss.type``).
-FAMILY_TASKS = {"sam3": "concept"}
+FAMILY_TASKS = {"sam3": "concept", "sam2": "promptable", "sam3_tracker": "promptable"}
+#: The family whose LoRA defaults are the schema's own (the others' come from their spec).
+SCHEMA_FAMILY = "sam3"
 
 
 class _Section(BaseModel):
@@ -38,12 +41,16 @@ class _Section(BaseModel):
 
 
 class ModelSettings(_Section):
-    family: Literal["sam3"] = Field(
-        "sam3", description="the model family, which picks the task: sam3 (text prompts)"
+    family: Literal["sam3", "sam2", "sam3_tracker"] = Field(
+        "sam3",
+        description="the model family, which picks the task: sam3 (text prompts), sam2 (SAM2 / "
+        "SAM2.1, boxes and clicks), sam3_tracker (SAM3's box / click mode)",
     )
     name_or_path: str = Field(
         "facebook/sam3",
-        description="hub id, local folder, or an alias: tiny, tiny-random, sam3-size",
+        description="hub id, local folder, or an alias: tiny, tiny-random, sam3-size (sam3); "
+        "tiny, tiny-random, sam2.1-{tiny,small,base-plus,large}-size (sam2); "
+        "tiny-random, sam3-tracker-size (sam3_tracker)",
     )
 
 
@@ -51,10 +58,13 @@ class LoraSettings(_Section):
     rank: int = Field(16, ge=1, le=1024, description="LoRA rank (bottleneck dimension)")
     alpha: float = Field(32.0, gt=0, description="LoRA scaling numerator (scale = alpha / rank)")
     dropout: float = Field(0.1, ge=0.0, lt=1.0, description="dropout on the LoRA input")
-    target_modules: list[str] = Field(
+    target_modules: list[str] | dict[str, list[str]] = Field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "fc1", "fc2"],
         min_length=1,
-        description="layer names to adapt; aliases out_proj, linear1, linear2, all",
+        description="layers to adapt: names or dotted name ends (attn.qkv), aliases out_proj, "
+        "linear1, linear2, all; or per component {image_encoder: [attn.qkv], ...}. Default: "
+        "the family's (SAM3: this list; SAM2: the image encoder's attention, the mask decoder's "
+        "attention and MLPs)",
     )
     apply_to_vision_encoder: bool = Field(True, description="SAM3: the ViT (Perception Encoder)")
     apply_to_text_encoder: bool = Field(
@@ -65,13 +75,29 @@ class LoraSettings(_Section):
     apply_to_detr_decoder: bool = Field(
         False, description="SAM3: the query decoder and its classification head"
     )
-    apply_to_mask_decoder: bool = Field(True, description="SAM3: the mask decoder")
+    apply_to_mask_decoder: bool = Field(
+        True, description="every family: the mask decoder (SAM2: with the no-memory embedding)"
+    )
+    apply_to_image_encoder: bool = Field(
+        True, description="SAM2 / SAM3 tracker: the image encoder (Hiera / SAM3's ViT)"
+    )
+    apply_to_prompt_encoder: bool = Field(
+        False, description="SAM2 / SAM3 tracker: the box / point / mask prompt encoder"
+    )
     use_dora: bool = Field(False, description="weight-decomposed LoRA (PEFT's use_dora)")
     use_rslora: bool = Field(False, description="rank-stabilised scaling alpha / sqrt(rank)")
     modules_to_save: list[str] | None = Field(
         None, description="modules trained in full and saved with the adapter"
     )
     bias: Literal["none", "all", "lora_only"] = "none"
+
+    @field_validator("target_modules")
+    @classmethod
+    def _targets_not_empty(cls, value: list[str] | dict[str, list[str]]) -> Any:
+        if isinstance(value, dict) and not all(value.values()):
+            empty = next(k for k, v in value.items() if not v)
+            raise ValueError(f"`{empty}` lists no layer; remove it or name its layers")
+        return value
 
     def components(self, available: Iterable[str]) -> list[str]:
         """The components of ``available`` (a task's component names) whose flag is on."""
@@ -185,7 +211,11 @@ class SyntheticSettings(_Section):
     """A synthetic shapes dataset generated on first use (quick start, demos)."""
 
     output_dir: str = "data/shapes"
-    style: Literal["plain", "shifted"] = "plain"
+    style: Literal["plain", "shifted", "steel"] = Field(
+        "plain",
+        description="plain / shifted: coloured shapes (SAM3's quick start); steel: scratches and "
+        "blobs on brushed metal (the SAM2 quick start, model.family sam2 only)",
+    )
     num_train: int = Field(200, ge=1)
     num_val: int = Field(50, ge=1)
     seed: int = Field(0, ge=0)
@@ -260,8 +290,46 @@ class ConceptLossSettings(_Section):
     )
 
 
+class PromptableLossSettings(_Section):
+    """SAM2.1's ``MultiStepMultiMasksAndIous`` and the prompts it is trained on
+    (``tasks/promptable/``); defaults are Meta's SAM2.1 fine-tuning settings."""
+
+    type: Literal["promptable"] = Field("promptable", description="the task this loss belongs to")
+    focal_weight: float = Field(20.0, ge=0, description="sigmoid focal on the best of the masks")
+    dice_weight: float = Field(1.0, ge=0, description="dice on the best of the masks")
+    iou_weight: float = Field(1.0, ge=0, description="predicted vs actual IoU (every mask)")
+    object_score_weight: float = Field(1.0, ge=0, description="object-score BCE (is it there)")
+    focal_alpha: float = Field(0.25, le=1, description="alpha of the mask focal loss (<0: none)")
+    focal_gamma: float = Field(2.0, ge=0, description="gamma of the mask focal loss")
+    supervise_all_iou: bool = Field(True, description="IoU loss on all masks, not only the best")
+    iou_use_l1_loss: bool = Field(True, description="L1 IoU loss (Meta); false = squared error")
+    mask_loss_resolution: int | None = Field(
+        None, ge=8, description="mask terms on an r x r grid (less memory); null = the input size"
+    )
+    correction_rounds: int = Field(
+        7, ge=0, description="corrective clicks per object after the first prompt (each a step)"
+    )
+    box_probability: float = Field(
+        0.5, ge=0, le=1, description="chance that an object's first prompt is its box, not a click"
+    )
+    box_noise: float = Field(0.1, ge=0, description="box corner noise, fraction of the box side")
+    box_noise_bound: float = Field(20.0, ge=0, description="box corner noise cap, pixels")
+    gt_click_probability: float = Field(
+        0.1, ge=0, le=1, description="chance a corrective click comes from the ground truth"
+    )
+    feed_back_masks: bool = Field(True, description="feed each step's mask to the next step")
+    gate_masks_by_object_score: bool = Field(
+        True, description="training: masks of objects scored absent set to -1024 (Meta)"
+    )
+
+
 #: The SAM3-LoRA name of the SAM3 loss section.
 LossSettings = ConceptLossSettings
+#: ``loss.type`` -> its section.
+LOSS_SECTIONS: dict[str, type[_Section]] = {
+    "concept": ConceptLossSettings,
+    "promptable": PromptableLossSettings,
+}
 
 
 class EvaluationSettings(_Section):
@@ -291,9 +359,11 @@ class Config(_Section):
     finetune: FinetuneSettings = Field(default_factory=FinetuneSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     data: DataSettings = Field(default_factory=DataSettings)
-    loss: ConceptLossSettings = Field(
-        default_factory=ConceptLossSettings,
-        description="the task's loss (loss.type follows model.family)",
+    loss: Annotated[ConceptLossSettings | PromptableLossSettings, Field(discriminator="type")] = (
+        Field(
+            default_factory=ConceptLossSettings,
+            description="the task's loss (loss.type follows model.family)",
+        )
     )
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
     output: OutputSettings = Field(default_factory=OutputSettings)
@@ -301,11 +371,12 @@ class Config(_Section):
 
     @model_validator(mode="before")
     @classmethod
-    def _loss_type_from_family(cls, raw: Any) -> Any:
+    def _defaults_from_family(cls, raw: Any) -> Any:
+        """``loss.type`` from the family; the family's ``lora.target_modules`` when unset."""
         if not isinstance(raw, dict):
             return raw
         model = raw.get("model") or {}
-        family = model.get("family", "sam3") if isinstance(model, dict) else "sam3"
+        family = model.get("family", SCHEMA_FAMILY) if isinstance(model, dict) else SCHEMA_FAMILY
         loss = raw.get("loss")
         task = FAMILY_TASKS.get(family)
         if task is not None and (loss is None or isinstance(loss, dict)):
@@ -316,26 +387,38 @@ class Config(_Section):
                     f"(`{task}`); remove loss.type"
                 )
             raw = {**raw, "loss": loss}
+        if task is None or family == SCHEMA_FAMILY:
+            return raw
+        lora = raw.get("lora")
+        if (lora is None or isinstance(lora, dict)) and "target_modules" not in (lora or {}):
+            raw = {**raw, "lora": {**(lora or {}), "target_modules": family_target_modules(family)}}
+        if isinstance(model, dict) and "name_or_path" not in model:
+            from sam3_lora.tasks import get_spec
+
+            raw = {**raw, "model": {**model, "name_or_path": get_spec(family).default_model}}
         return raw
 
     @model_validator(mode="after")
     def _flags_are_components(self) -> Config:
         flags = [name for name in self.lora.model_fields_set if name.startswith("apply_to_")]
-        if not flags:  # nothing set: the defaults fit (and the task need not be imported)
+        per_component = isinstance(self.lora.target_modules, dict)
+        if not flags and not per_component:  # the defaults fit (the task need not be imported)
             return self
-        from sam3_lora.tasks import get_spec
-
-        components = get_spec(self.model.family).components
-        wrong = [
-            name
-            for name in flags
-            if name.removeprefix("apply_to_") not in components and getattr(self.lora, name)
-        ]
+        components = family_components(self.model.family)
+        wrong = [name for name in flags if name.removeprefix("apply_to_") not in components]
         if wrong:
+            valid = ", ".join(f"apply_to_{c}" for c in components)
             raise ValueError(
                 f"lora.{wrong[0]}: `{wrong[0].removeprefix('apply_to_')}` is not a component of "
-                f"{self.model.family}; its components: {', '.join(components)}"
+                f"{self.model.family}; its flags are {valid}"
             )
+        if per_component:
+            unknown = [k for k in self.lora.target_modules if k not in components]
+            if unknown:
+                raise ValueError(
+                    f"lora.target_modules: `{unknown[0]}` is not a component of "
+                    f"{self.model.family}; its components: {', '.join(components)}"
+                )
         return self
 
     @model_validator(mode="after")
@@ -374,13 +457,40 @@ class Config(_Section):
         return self._source
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+        """The whole config as YAML (LoRA flags of other families' components left out, so the
+        file validates again)."""
+        data = self.model_dump(mode="json")
+        components = family_components(self.model.family)
+        data["lora"] = {
+            k: v
+            for k, v in data["lora"].items()
+            if not k.startswith("apply_to_") or k.removeprefix("apply_to_") in components
+        }
+        return yaml.safe_dump(data, sort_keys=False)
+
+
+def family_components(family: str) -> tuple[str, ...]:
+    """The LoRA components of ``family`` (its spec's), i.e. its ``lora.apply_to_*`` flags."""
+    from sam3_lora.tasks import get_spec
+
+    return tuple(get_spec(family).components)
+
+
+def family_target_modules(family: str) -> list[str] | dict[str, list[str]]:
+    """``lora.target_modules`` of ``family`` when a config sets none."""
+    from sam3_lora.tasks import get_spec
+
+    defaults = get_spec(family).default_target_modules
+    if defaults is None:
+        return list(LoraSettings.model_fields["target_modules"].default_factory())
+    return {component: list(names) for component, names in defaults.items()}
 
 
 #: Flat CLI flags users of SAM3-LoRA know, and the keys they set.
 FLAT_OVERRIDES = {
     "batch_size": "training.batch_size",
     "learning_rate": "training.learning_rate",
+    "weight_decay": "training.weight_decay",
     "num_epochs": "training.num_epochs",
     "steps": "training.max_steps",
     "gradient_accumulation_steps": "training.gradient_accumulation_steps",
@@ -389,6 +499,7 @@ FLAT_OVERRIDES = {
     "lora_dropout": "lora.dropout",
     "output_dir": "output.output_dir",
     "model": "model.name_or_path",
+    "family": "model.family",
 }
 
 
@@ -479,9 +590,12 @@ def _describe_errors(error: ValidationError, source: str) -> str:
     lines = []
     for item in error.errors():
         location = [str(part) for part in item["loc"] if not str(part).startswith("function-")]
+        loss_type = None
+        if location[:1] == ["loss"] and len(location) > 1 and location[1] in LOSS_SECTIONS:
+            loss_type = location.pop(1)  # the union's tag, not a key the user wrote
         dotted = ".".join(location)
         if item["type"] == "extra_forbidden":
-            hint = _closest_key(location)
+            hint = _closest_key(location, loss_type)
             message = f"`{dotted}`: unknown key" + (f"; did you mean `{hint}`?" if hint else "")
         elif not dotted:  # a check across sections: its text names the keys
             message = item["msg"].removeprefix("Value error, ")
@@ -495,12 +609,14 @@ def _describe_errors(error: ValidationError, source: str) -> str:
     return f"{source}: " + "; ".join(lines)
 
 
-def _closest_key(location: list[str]) -> str | None:
+def _closest_key(location: list[str], loss_type: str | None = None) -> str | None:
     model: type[BaseModel] = Config
     for part in location[:-1]:
         field = model.model_fields.get(part)
         annotation = getattr(field, "annotation", None)
         nested = _section_type(annotation)
+        if model is Config and part == "loss" and loss_type is not None:
+            nested = LOSS_SECTIONS[loss_type]
         if nested is None:
             return None
         model = nested

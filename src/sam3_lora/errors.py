@@ -29,3 +29,7 @@ class AdapterError(Sam3LoraError):
 
 class CheckpointError(Sam3LoraError):
     """A training checkpoint is missing, incomplete or does not match the model."""
+
+
+class PromptError(Sam3LoraError):
+    """A box or point prompt given by a user is invalid (SAM2 / SAM3 tracker prompts)."""

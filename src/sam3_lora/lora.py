@@ -74,11 +74,17 @@ def resolve_targets(
 ) -> LoraTargets:
     """Map component flags and target names onto the model's ``nn.Linear`` modules.
 
+    A target is a layer name (``q_proj``, an alias such as ``out_proj``), a dotted name end
+    (``attn.qkv``: only layers whose name ends with it) or ``all``. ``target_modules`` is a list
+    for every selected component, or a mapping component -> list. Unset on a bare
+    :class:`LoraSettings`, it is the family's (``TaskSpec.default_target_modules``).
+
     Args:
         spec: the model's task spec (default: found from the model's class).
 
     Raises:
-        ConfigError: no component selected, or a target name matches no layer.
+        ConfigError: no component selected, a selected component without linear layers or
+            (mapping) without an entry, or a target name that matches no layer.
     """
     spec = spec or spec_for_model(model)
     components = settings.components(spec.components)
@@ -86,30 +92,71 @@ def resolve_targets(
         flags = ", ".join(f"lora.apply_to_{name}" for name in spec.components)
         raise ConfigError(f"no LoRA component selected: set at least one of {flags} to true")
     linears = _linear_modules(model, components, spec)
-    if "all" in settings.target_modules:
+    for component in components:
+        if not any(spec.component_of(name) == component for name in linears):
+            raise ConfigError(
+                f"lora.apply_to_{component}: `{component}` has no linear layer for LoRA; turn the "
+                f"flag off, or train it whole with lora.modules_to_save: [{component}]"
+            )
+    targets = settings.target_modules
+    if "target_modules" not in settings.model_fields_set and spec.default_target_modules:
+        targets = {c: list(v) for c, v in spec.default_target_modules.items()}
+    if isinstance(targets, dict):
+        return _per_component_targets(linears, components, targets, spec)
+    if "all" in targets:
         names = tuple(sorted(linears))
         regex = "^(" + "|".join(re.escape(name) for name in names) + ")$"
         return LoraTargets(names, regex, spec)
 
-    leaf_names: list[str] = []
-    available = sorted({name.rsplit(".", 1)[-1] for name in linears})
-    for target in settings.target_modules:
-        expanded = TARGET_ALIASES.get(target, (target,))
-        if not any(name.rsplit(".", 1)[-1] in expanded for name in linears):
-            raise ConfigError(
-                f"lora.target_modules: `{target}` matches no linear layer in "
-                f"{', '.join(components)}; layers there are named: {', '.join(available)} "
-                "(or use `all`)"
-            )
-        leaf_names.extend(name for name in expanded if name not in leaf_names)
-    names = tuple(sorted(n for n in linears if n.rsplit(".", 1)[-1] in leaf_names))
+    patterns = _expand_targets(targets, linears, ", ".join(components))
+    names = tuple(sorted(n for n in linears if _ends_with_any(n, patterns)))
     owners = [module for component in components for module in spec.components[component]]
-    # A name that starts with one of the components' modules and ends with a target leaf (and
-    # is not a module the forward never runs).
-    regex = rf"^(?=({'|'.join(owners)})(\.|$))(.*\.)?({'|'.join(leaf_names)})$"
+    # A name that starts with one of the components' modules and ends with a target (and is
+    # not a module the forward never runs).
+    alternatives = "|".join(re.escape(p) for p in patterns)
+    regex = rf"^(?=({'|'.join(owners)})(\.|$))(.*\.)?({alternatives})$"
     if spec.unused_modules:
         regex = f"^(?!({'|'.join(re.escape(u) for u in spec.unused_modules)})$)" + regex[1:]
     return LoraTargets(names, regex, spec)
+
+
+def _ends_with_any(name: str, patterns: list[str]) -> bool:
+    return any(name == p or name.endswith("." + p) for p in patterns)
+
+
+def _expand_targets(targets: list[str], linears: dict, where: str) -> list[str]:
+    """Targets with aliases expanded; each must match a layer of ``linears``."""
+    patterns: list[str] = []
+    for target in targets:
+        expanded = TARGET_ALIASES.get(target, (target,))
+        if not any(_ends_with_any(name, list(expanded)) for name in linears):
+            available = ", ".join(sorted({n.rsplit(".", 1)[-1] for n in linears}))
+            raise ConfigError(
+                f"lora.target_modules: `{target}` matches no linear layer in {where}; layers "
+                f"there are named: {available} (or use `all`; `a.b` matches names ending in a.b)"
+            )
+        patterns.extend(p for p in expanded if p not in patterns)
+    return patterns
+
+
+def _per_component_targets(
+    linears: dict, components: list[str], targets: dict[str, list[str]], spec: TaskSpec
+) -> LoraTargets:
+    names: list[str] = []
+    for component in components:
+        if component not in targets:
+            raise ConfigError(
+                f"lora.target_modules names no layers for `{component}` (lora.apply_to_"
+                f"{component} is on): add `{component}: [...]` (or [all]) or turn the flag off"
+            )
+        own = {n: m for n, m in linears.items() if spec.component_of(n) == component}
+        if "all" in targets[component]:
+            names.extend(own)
+            continue
+        patterns = _expand_targets(targets[component], own, component)
+        names.extend(n for n in own if _ends_with_any(n, patterns))
+    ordered = tuple(sorted(names))
+    return LoraTargets(ordered, "^(" + "|".join(re.escape(n) for n in ordered) + ")$", spec)
 
 
 def build_peft_config(model: torch.nn.Module, settings: LoraSettings) -> LoraConfig:

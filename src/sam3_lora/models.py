@@ -6,6 +6,7 @@ loads with the task's plain ``from_pretrained`` (``Sam3Model`` / ``Sam3Processor
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -17,7 +18,7 @@ from urllib.parse import urlparse
 import torch
 
 from sam3_lora.errors import CheckpointError, ModelLoadError
-from sam3_lora.tasks import TaskSpec, get_spec
+from sam3_lora.tasks import FAMILIES, TaskSpec, get_spec
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ class LoadedModel:
     model: Any
     processor: Any | None
     source: str
-    spec: TaskSpec | None = None
+    spec: TaskSpec
 
 
 def load_model(
@@ -39,7 +40,8 @@ def load_model(
     dtype: torch.dtype = torch.float32,
 ) -> LoadedModel:
     """Load a family's model + processor from a hub id, a local folder or one of its aliases
-    (SAM3: ``tiny``, ``tiny-random``, ``sam3-size``; see ``TaskSpec.aliases``).
+    (SAM3: ``tiny``, ``tiny-random``, ``sam3-size``; SAM2: ``tiny``, ``tiny-random``,
+    ``sam2.1-large-size`` ...; see ``TaskSpec.aliases``).
 
     Raises:
         ModelLoadError: with the fix, when weights are missing or not reachable.
@@ -60,7 +62,10 @@ def load_model(
         else:
             model = built
     else:
+        _check_alias_family(name_or_path, spec)
         source = _resolve_source(name_or_path)
+    if Path(source).is_dir():
+        _check_folder_family(Path(source), spec)
     if model is None:
         model = _from_pretrained(spec.model_class, source, spec, dtype=dtype)
         processor = _from_pretrained(spec.processor_class, source, spec)
@@ -79,6 +84,42 @@ def load_sam3(
 ) -> LoadedModel:
     """:func:`load_model` for SAM3 (``Sam3Model`` + ``Sam3Processor``)."""
     return load_model(name_or_path, "sam3", device, dtype)
+
+
+def folder_family(folder: str | Path) -> str | None:
+    """The family of a model folder, from ``model_type`` in its ``config.json`` (``sam2`` ->
+    ``sam2``); None when it is not a folder of a known family."""
+    file = Path(folder) / "config.json"
+    try:
+        model_type = json.loads(file.read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+    for family in FAMILIES:
+        if get_spec(family).model_class.config_class.model_type == model_type:
+            return family
+    return None
+
+
+def _check_alias_family(name: str, spec: TaskSpec) -> None:
+    if Path(name).expanduser().exists():
+        return
+    from sam3_lora.tasks import family_for_name
+
+    owner = family_for_name(name)
+    if owner is not None and owner != spec.family and name in get_spec(owner).aliases:
+        raise ModelLoadError(
+            f"`{name}` is a {owner} model, not a {spec.family} one: set model.family: {owner} "
+            f"(or --family {owner}); {spec.family} names: {', '.join(spec.aliases)}"
+        )
+
+
+def _check_folder_family(folder: Path, spec: TaskSpec) -> None:
+    found = folder_family(folder)
+    if found is not None and found != spec.family:
+        raise ModelLoadError(
+            f"{folder} holds a `{found}` model, not a `{spec.family}` one: set model.family: "
+            f"{found} (or --family {found})"
+        )
 
 
 def _resolve_source(name_or_path: str) -> str:

@@ -18,9 +18,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "predict",
         help="predict on an image or a folder: overlay PNG + JSON per image, COCO auto-labels",
-        description="Prompt SAM3 (+ adapter) with text, box exemplars, or both. Writes an overlay "
-        "PNG and a JSON (boxes, scores, labels, RLE masks) per image; --save_coco writes all "
-        "predictions as one COCO dataset to correct in CVAT / Label Studio.",
+        description="Prompt SAM3 (+ adapter) with text, box exemplars, or both; or SAM2 / SAM3's "
+        "tracker (model.family sam2 / sam3_tracker) with object boxes and clicks. Writes an "
+        "overlay PNG and a JSON (boxes, scores, labels, RLE masks) per image; --save_coco writes "
+        "all predictions as one COCO dataset to correct in CVAT / Label Studio.",
     )
     parser.add_argument(
         "--adapter",
@@ -39,7 +40,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="append",
         help="a concept to find, e.g. 'scratch' (repeatable)",
     )
-    parser.add_argument("--bboxes", help="exemplar boxes '[[x1,y1,x2,y2], ...]' (pixels)")
+    parser.add_argument(
+        "--bboxes",
+        help="boxes '[[x1,y1,x2,y2], ...]' in pixels: SAM3 exemplars; SAM2: one object each",
+    )
+    parser.add_argument(
+        "--points",
+        help="SAM2 / SAM3 tracker clicks '[[x,y,label], ...]' (label 1 object, 0 background) "
+        "for one object, or '[[[x,y,label], ...], ...]' one list per object (per box)",
+    )
+    parser.add_argument(
+        "--family",
+        choices=("sam3", "sam2", "sam3_tracker"),
+        help="model family (default: the config's, else found from the weights)",
+    )
     parser.add_argument("--negative_bboxes", help="boxes of what not to find, same format")
     parser.add_argument(
         "--threshold",
@@ -97,17 +111,38 @@ def _boxes(text: str | None, flag: str) -> list[list[float]] | None:
     return boxes
 
 
+def _family(args: argparse.Namespace) -> str:
+    from sam3_lora.config import load_config
+    from sam3_lora.predict.weights import detect_family
+
+    if args.family:
+        return args.family
+    if args.config:
+        return load_config(args.config).model.family
+    return detect_family(args.adapter, args.model)
+
+
 def run(args: argparse.Namespace) -> int:
+    from sam3_lora.errors import PromptError
     from sam3_lora.predict.autolabel import predict_to_files
     from sam3_lora.predict.inference import SAM3LoRAInference, build_prompts
+    from sam3_lora.tasks import get_spec
 
+    if args.adapter is None and args.model is None and args.config is None:
+        raise Sam3LoraError("give --adapter / --weights, or a base model with --model or --config")
+    family = _family(args)
+    if get_spec(family).task == "promptable":
+        return _run_promptable(args, family)
+    if args.points is not None:
+        raise PromptError(
+            f"--points are SAM2 / SAM3-tracker clicks; {family} takes --text_prompt and --bboxes "
+            "exemplars (or pass --family sam2)"
+        )
     prompts = build_prompts(
         args.text_prompt,
         _boxes(args.bboxes, "--bboxes"),
         _boxes(args.negative_bboxes, "--negative_bboxes"),
     )
-    if args.adapter is None and args.model is None and args.config is None:
-        raise Sam3LoraError("give --adapter / --weights, or a base model with --model or --config")
     inferencer = SAM3LoRAInference(
         args.config,
         weights_path=args.adapter,
@@ -149,4 +184,54 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"[red]{len(result.failures)} image(s) could not be read:[/red]")
         for path, message in result.failures:
             console.print(f"  {path}: {message}", soft_wrap=True)
+    return 1 if result.failures and not result.images else 0
+
+
+def _run_promptable(args: argparse.Namespace, family: str) -> int:
+    from sam3_lora.errors import PromptError
+    from sam3_lora.predict.promptable import SAM2LoRAInference, predict_to_files
+    from sam3_lora.tasks.promptable.predictor import build_object_prompts, parse_prompt_json
+
+    for flag, value in (
+        ("--text_prompt", args.text_prompt),
+        ("--negative_bboxes", args.negative_bboxes),
+    ):
+        if value:
+            raise PromptError(f"{flag} is a SAM3 prompt; {family} takes --bboxes and --points")
+    prompts = build_object_prompts(
+        parse_prompt_json(args.bboxes, "--bboxes"), parse_prompt_json(args.points, "--points")
+    )
+    inferencer = SAM2LoRAInference(
+        args.config,
+        weights_path=args.adapter,
+        model=args.model,
+        family=family,
+        device=args.device,
+        mask_threshold=args.mask_threshold,
+    )
+    result = predict_to_files(
+        inferencer,
+        args.image,
+        args.output,
+        prompts,
+        save_coco=args.save_coco,
+        segmentation=args.coco_segmentation,
+    )
+    table = Table(title=f"{family} predictions (mask threshold {inferencer.mask_threshold})")
+    table.add_column("object")
+    table.add_column("prompt")
+    for k, prompt in enumerate(prompts):
+        table.add_row(f"object {k + 1}", json.dumps(prompt.as_dict()))
+    table.add_section()
+    table.add_row(f"{result.images} images", f"{result.instances} masks", style="bold")
+    console.print(table)
+    if len(result.outputs) == 1:
+        png, json_file = result.outputs[0]
+        console.print(f"[green]overlay[/green] {png}  [green]json[/green] {json_file}")
+    elif result.outputs:
+        console.print(f"[green]overlays and JSON[/green] written to {args.output}")
+    if result.coco_file is not None:
+        console.print(f"[green]COCO dataset[/green] {result.coco_file}")
+    for path, message in result.failures:
+        console.print(f"  [red]{path}[/red]: {message}", soft_wrap=True)
     return 1 if result.failures and not result.images else 0

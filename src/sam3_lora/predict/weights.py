@@ -103,6 +103,46 @@ def recorded_base_model(adapter_dir: Path) -> str | None:
     return None
 
 
+def detect_family(weights: str | Path | None = None, base_model: str | None = None) -> str:
+    """The ``model.family`` of what ``weights`` / ``base_model`` name, for commands given no
+    config: a training run's ``config.yaml`` beside the adapter, the model class the adapter
+    records (``auto_mapping``), a model folder's ``model_type``, a name only one family knows;
+    else ``sam3``."""
+    from sam3_lora.models import folder_family
+    from sam3_lora.tasks import DEFAULT_FAMILY, FAMILIES, family_for_name, get_spec
+
+    if weights is not None and Path(weights).expanduser().exists():
+        kind, folder = resolve_weights(weights)
+        if kind == "merged":
+            return folder_family(folder) or DEFAULT_FAMILY
+        for run_folder in (folder, folder.parent, folder.parent.parent):
+            family = _run_config_family(run_folder / "config.yaml")
+            if family is not None:
+                return family
+        mapping = read_adapter_config(folder).get("auto_mapping") or {}
+        for family in FAMILIES:
+            if mapping.get("base_model_class") == get_spec(family).model_class.__name__:
+                return family
+        base_model = base_model or recorded_base_model(folder)
+    if base_model:
+        path = Path(base_model).expanduser()
+        found = folder_family(path) if path.is_dir() else family_for_name(base_model)
+        if found is not None:
+            return found
+    return DEFAULT_FAMILY
+
+
+def _run_config_family(file: Path) -> str | None:
+    if not file.is_file():
+        return None
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+        family = data.get("model", {}).get("family")
+    except (yaml.YAMLError, UnicodeDecodeError, AttributeError):
+        return None
+    return str(family) if family else None
+
+
 def load_predictor(
     weights: str | Path | None = None,
     base_model: str | None = None,

@@ -38,6 +38,9 @@ class TaskSpec:
         unused_modules: modules of the ``transformers`` model that its forward never runs:
             never adapted (an adapter there would not train, and DDP refuses parameters without
             gradients).
+        default_target_modules: ``lora.target_modules`` when the config sets none: per component
+            the dotted name suffixes of the adapted layers; None = the schema's default (SAM3's).
+        hub_ids: hub ids known to be this family's (``--model`` picks the family from them).
     """
 
     family: str
@@ -57,10 +60,13 @@ class TaskSpec:
     build_task: Callable[..., Any] | None = None
     gated_hint: str = ""
     unused_modules: tuple[str, ...] = ()
+    default_target_modules: dict[str, tuple[str, ...]] | None = None
+    hub_ids: tuple[str, ...] = ()
 
     def component_of(self, name: str) -> str:
         """The component flag that covers a module or parameter name (its top-level module
-        when no flag does); PEFT's ``base_model.model.`` prefix is looked through."""
+        when no flag does); the task module's ``network.`` and PEFT's ``base_model.model.``
+        prefixes are looked through."""
         parts = name.split(".")
         while parts and parts[0] in _WRAPPER_PREFIXES:  # DDP, torch.compile, the task module
             parts = parts[1:]

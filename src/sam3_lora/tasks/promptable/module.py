@@ -68,7 +68,8 @@ class PromptableModel(nn.Module):
     """Forward of the promptable task (see the module docstring).
 
     Args:
-        model: ``Sam2Model`` / ``Sam3TrackerModel``, possibly PEFT-wrapped.
+        model: ``Sam2Model`` / ``Sam3TrackerModel``, possibly PEFT-wrapped (kept as
+            ``.network``, as the concept task's module keeps its model).
         correction_rounds: corrective clicks per object in training (Meta: 7).
         box_probability: chance that an object's first prompt is its box (Meta: 0.5).
         box_noise / box_noise_bound: box corner noise, fraction of the side and pixel cap.
@@ -100,7 +101,7 @@ class PromptableModel(nn.Module):
             raise ValueError(f"eval_prompt must be `box` or `point`, got `{eval_prompt}`")
         if correction_rounds < 0 or eval_correction_clicks < 0:
             raise ValueError("correction_rounds and eval_correction_clicks must be >= 0")
-        self.model = model
+        self.network = model
         self.correction_rounds = correction_rounds
         self.box_probability = box_probability
         self.box_noise = box_noise
@@ -114,13 +115,14 @@ class PromptableModel(nn.Module):
     @property
     def sam(self) -> nn.Module:
         """The bare ``Sam2Model`` / ``Sam3TrackerModel``."""
-        return base_model(self.model)
+        return base_model(self.network)
 
     def forward(
         self,
         batch: PromptBatch,
         prompt: str | None = None,
         correction_clicks: int | None = None,
+        image_embeddings: list[Tensor] | None = None,
     ) -> PromptableOutputs:
         """Predict every object's mask, step by step.
 
@@ -131,6 +133,8 @@ class PromptableModel(nn.Module):
                 ``eval_prompt``.
             correction_clicks: clicks after the first prompt; default ``correction_rounds``
                 when sampling, else ``eval_correction_clicks``.
+            image_embeddings: :meth:`image_embeddings` of the batch already computed (evaluation
+                runs several prompt kinds on one encoding); default: computed here.
 
         Returns:
             ``correction_clicks + 1`` steps of predictions (none when the batch has no object).
@@ -141,7 +145,9 @@ class PromptableModel(nn.Module):
         sampling = mode == "sample"
         if correction_clicks is None:
             correction_clicks = self.correction_rounds if sampling else self.eval_correction_clicks
-        embeddings = self.image_embeddings(batch.pixel_values)
+        embeddings = image_embeddings
+        if embeddings is None:
+            embeddings = self.image_embeddings(batch.pixel_values)
         targets = batch.target_masks
         if batch.num_objects == 0:
             return PromptableOutputs(steps=[], num_objects=0)

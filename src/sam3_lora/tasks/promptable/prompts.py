@@ -35,16 +35,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sam3_lora.errors import Sam3LoraError
+from sam3_lora.errors import PromptError
 
 POSITIVE = 1
 NEGATIVE = 0
 BOX_TOP_LEFT = 2
 BOX_BOTTOM_RIGHT = 3
-
-
-class PromptError(Sam3LoraError):
-    """A box or point prompt given by a user is invalid."""
 
 
 @dataclass

@@ -92,6 +92,11 @@ class PromptBatch:
 
     num_objects = num_prompts
 
+    @property
+    def num_targets(self) -> int:
+        """What the loss normalises by: the objects (Meta's ``num_objects``)."""
+        return len(self.object_image_index)
+
     def to(self, device: torch.device | str) -> PromptBatch:
         return PromptBatch(
             pixel_values=self.pixel_values.to(device, non_blocking=True),

@@ -14,8 +14,10 @@ parameter counts are in docs/sam2.md.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from transformers import (
@@ -30,6 +32,7 @@ from transformers import (
 )
 
 from sam3_lora.errors import ConfigError
+from sam3_lora.tasks.spec import TaskSpec
 
 FAMILIES = ("sam2", "sam3_tracker")
 
@@ -303,3 +306,102 @@ def size_model(name: str) -> torch.nn.Module:
         raise ConfigError(
             f"unknown model size `{name}`; use one of {', '.join(SIZE_MODELS)}"
         ) from None
+
+
+# ------------------------------------------------------------------------------ task specs
+#: ``--model`` names of each family that are not hub ids or folders.
+ALIASES: dict[str, dict[str, str]] = {
+    "sam2": {
+        "tiny": "the small pretrained SAM2 shipped in assets/tiny-sam2 (synthetic shapes)",
+        "tiny-random": "a randomly initialised tiny SAM2 (same classes, small config), for tests",
+        **{
+            name: f"the released SAM2.1 {name.split('-', 1)[1].removesuffix('-size')} "
+            "architecture on the meta device, without weights"
+            for name in SIZE_MODELS
+            if name.startswith("sam2.1-")
+        },
+    },
+    "sam3_tracker": {
+        "tiny-random": "a randomly initialised tiny SAM3 tracker (same classes), for tests",
+        "sam3-tracker-size": "SAM3's tracker architecture on the meta device, without weights",
+    },
+}
+
+_HIERA_BLOCK = re.compile(r"vision_encoder\.backbone\.blocks\.(\d+)\.")
+_VIT_LAYER = re.compile(r"vision_encoder\.backbone\.layers\.(\d+)\.")
+_EMBEDDINGS = tuple(
+    f"vision_encoder.backbone.{name}" for name in ("patch_embed", "pos_embed", "embeddings")
+)
+
+
+def build_alias(family: str, name: str) -> tuple[Any, Any]:
+    """``tiny`` -> the shipped folder; ``tiny-random`` -> a built model and processor; the
+    ``*-size`` names -> a meta-device model without processor."""
+    from sam3_lora.tasks.promptable import tiny
+
+    if name in SIZE_MODELS:
+        return size_model(name), None
+    if family == "sam2" and name == "tiny":
+        return tiny.tiny_sam2_dir(), None
+    if name == "tiny-random":
+        create = tiny.create_tiny_sam2 if family == "sam2" else tiny.create_tiny_sam3_tracker
+        loaded = create()
+        return loaded.model, loaded.processor
+    raise KeyError(name)
+
+
+def layer_of(name: str, num_layers: int) -> tuple[str, int, int] | None:
+    """``(component, block index, blocks)`` of an image-encoder block parameter (Hiera's
+    ``blocks.N`` or SAM3's ViT ``layers.N``) for layer-wise decay; the patch embedding is 0."""
+    match = _HIERA_BLOCK.search(name) or _VIT_LAYER.search(name)
+    if match:
+        return "image_encoder", int(match.group(1)) + 1, num_layers
+    if name.startswith(_EMBEDDINGS):
+        return "image_encoder", 0, num_layers
+    return None
+
+
+def build_recipe(config: Any, loaded: Any) -> Any:
+    from sam3_lora.tasks.promptable.recipe import build_promptable_recipe
+
+    return build_promptable_recipe(config, loaded)
+
+
+_GATED_HINTS = {
+    "sam2": "SAM2.1 weights are public: download once with `hf download "
+    "facebook/sam2.1-hiera-large` (or -tiny, -small, -base-plus), or point model.name_or_path at "
+    "a local folder. Offline, use `--model tiny`.",
+    "sam3_tracker": "SAM3 weights are gated: accept the licence on "
+    "https://huggingface.co/facebook/sam3, run `hf auth login`, then `hf download facebook/sam3` "
+    "(or point model.name_or_path at a local folder). Offline, use `--model tiny-random`.",
+}
+
+
+def _task_spec(family: str, default_model: str, hub_ids: tuple[str, ...]) -> TaskSpec:
+    facts = SPECS[family]
+    return TaskSpec(
+        family=family,
+        task="promptable",
+        model_class=facts.model_class,
+        processor_class=facts.processor_class,
+        default_model=default_model,
+        components=COMPONENTS,
+        default_components=facts.lora_components,
+        pixel_mean=facts.image_input.mean,
+        pixel_std=facts.image_input.std,
+        aliases=ALIASES[family],
+        build_alias=lambda name: build_alias(family, name),
+        build_recipe=build_recipe,
+        layer_of=layer_of,
+        gated_hint=_GATED_HINTS[family],
+        default_target_modules=facts.lora_targets,
+        hub_ids=hub_ids,
+    )
+
+
+SAM2_SPEC = _task_spec(
+    "sam2",
+    SAM2_HUB_IDS["large"],
+    tuple(SAM2_HUB_IDS.values()) + tuple(f"facebook/sam2-hiera-{s}" for s in SAM2_SIZES),
+)
+SAM3_TRACKER_SPEC = _task_spec("sam3_tracker", SAM3_TRACKER_HUB_ID, ())

@@ -7,6 +7,8 @@ takes a few milliseconds on a CPU.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from transformers import (
     Sam2Config,
@@ -21,6 +23,17 @@ from transformers import (
 
 from sam3_lora.errors import ConfigError
 from sam3_lora.models import LoadedModel
+from sam3_lora.paths import asset_dir
+from sam3_lora.tasks.promptable.spec import SAM2_SPEC, SAM3_TRACKER_SPEC
+
+#: The folder of the shipped tiny pretrained SAM2 (package data).
+TINY_SAM2_NAME = "tiny-sam2"
+
+
+def tiny_sam2_dir() -> Path:
+    """The shipped tiny SAM2 folder (``config.json``, ``model.safetensors``, processor files)."""
+    return asset_dir(TINY_SAM2_NAME)
+
 
 #: Hiera's total stride (patch stride 4, three 2x query poolings).
 HIERA_STRIDE = 32
@@ -109,7 +122,12 @@ def create_tiny_sam2(seed: int = 0, resolution: int = 128) -> LoadedModel:
     model = Sam2Model(config)
     model.config.name_or_path = model.name_or_path = "tiny-random-sam2"
     model.eval()
-    return LoadedModel(model=model, processor=tiny_sam2_processor(resolution), source="tiny-random")
+    return LoadedModel(
+        model=model,
+        processor=tiny_sam2_processor(resolution),
+        source="tiny-random",
+        spec=SAM2_SPEC,
+    )
 
 
 def tiny_sam3_tracker_config(resolution: int = 112, hidden_size: int = 32) -> Sam3TrackerConfig:
@@ -178,5 +196,8 @@ def create_tiny_sam3_tracker(seed: int = 0, resolution: int = 112) -> LoadedMode
     model.config.name_or_path = model.name_or_path = "tiny-random-sam3-tracker"
     model.eval()
     return LoadedModel(
-        model=model, processor=tiny_sam3_tracker_processor(resolution), source="tiny-random"
+        model=model,
+        processor=tiny_sam3_tracker_processor(resolution),
+        source="tiny-random",
+        spec=SAM3_TRACKER_SPEC,
     )

@@ -8,6 +8,7 @@ centre-most click), so runs and checkpoints compare on the same inputs.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -15,16 +16,28 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from sam3_lora.tasks.promptable.loss import MaskPrediction, PromptableLoss
-from sam3_lora.tasks.promptable.module import PromptableModel
+from sam3_lora.tasks.promptable.module import PromptableModel, PromptableOutputs
 from sam3_lora.tasks.promptable.samples import PromptBatch
 
 
-def object_metrics(predictions: Sequence[MaskPrediction], targets: Tensor) -> dict[str, Tensor]:
+def mask_logit_threshold(probability: float) -> float:
+    """The mask-logit cut of a probability threshold (0.5 -> logit 0)."""
+    if probability <= 0:
+        return -math.inf
+    if probability >= 1:
+        return math.inf
+    return math.log(probability / (1 - probability))
+
+
+def object_metrics(
+    predictions: Sequence[MaskPrediction], targets: Tensor, mask_threshold: float = 0.5
+) -> dict[str, Tensor]:
     """IoU and Dice of every object's predicted mask against its target.
 
     Args:
         predictions: one step's predictions, covering the N objects.
         targets: bool [N, H, W].
+        mask_threshold: a pixel is predicted when its probability exceeds this.
 
     Returns:
         ``{"iou": [N], "dice": [N]}`` float32, in object order; 1 where prediction and target
@@ -33,11 +46,12 @@ def object_metrics(predictions: Sequence[MaskPrediction], targets: Tensor) -> di
     iou = torch.zeros(len(targets), device=targets.device)
     dice = torch.zeros(len(targets), device=targets.device)
     size = tuple(targets.shape[-2:])
+    cut = mask_logit_threshold(mask_threshold)
     for prediction in predictions:
         logits = prediction.best_mask_logits().float()[:, None]
         if tuple(logits.shape[-2:]) != size:
             logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
-        predicted = logits[:, 0] > 0
+        predicted = logits[:, 0] > cut
         target = targets[prediction.object_index]
         overlap = (predicted & target).flatten(1).sum(1).float()
         union = (predicted | target).flatten(1).sum(1).float()
@@ -67,7 +81,7 @@ def validation_step(
         prompt / correction_clicks: override the module's evaluation prompt.
 
     Returns:
-        ``iou`` / ``dice`` / ``category_ids`` per object [N], ``objects`` [1], and
+        ``iou`` / ``dice`` / ``category_ids`` per object [N], ``prompts`` [1] (objects), and
         ``loss/<term>`` [1] for the total and every weighted term.
     """
     was_training = model.training
@@ -76,17 +90,30 @@ def validation_step(
         outputs = model(batch, prompt=prompt, correction_clicks=correction_clicks)
     finally:
         model.train(was_training)
+    return outputs_statistics(outputs, batch, loss)
+
+
+def outputs_statistics(
+    outputs: PromptableOutputs,
+    batch: PromptBatch,
+    loss: PromptableLoss,
+    mask_threshold: float = 0.5,
+    prefix: str = "",
+) -> dict[str, Tensor]:
+    """:func:`validation_step`'s record of outputs already computed (``prefix`` before
+    ``iou`` / ``dice``; the loss terms only without a prefix)."""
     device = batch.target_masks.device
-    record = {
-        "objects": torch.tensor([float(batch.num_objects)], device=device),
-        "category_ids": batch.category_ids,
-    }
+    record = {"category_ids": batch.category_ids} if not prefix else {}
+    if not prefix:
+        record["prompts"] = torch.tensor([float(batch.num_objects)], device=device)
     if not outputs.steps:
         empty = torch.zeros(0, device=device)
-        return {**record, "iou": empty, "dice": empty}
-    losses = loss(outputs.steps, batch.target_masks)
-    record.update(object_metrics(outputs.final(), batch.target_masks))
-    record.update({f"loss/{name}": value.detach().reshape(1) for name, value in losses.items()})
+        return {**record, f"{prefix}iou": empty, f"{prefix}dice": empty}
+    metrics = object_metrics(outputs.final(), batch.target_masks, mask_threshold)
+    record.update({f"{prefix}{name}": value for name, value in metrics.items()})
+    if not prefix:
+        losses = loss(outputs.steps, batch.target_masks)
+        record.update({f"loss/{name}": v.detach().reshape(1) for name, v in losses.items()})
     return record
 
 
@@ -94,21 +121,26 @@ def summarize(records: Sequence[dict[str, Tensor]], prefix: str = "val/") -> dic
     """Aggregate :func:`validation_step` records into metrics.
 
     Returns:
-        ``{prefix}miou`` and ``{prefix}dice`` (means over objects), ``{prefix}loss`` and
+        ``{prefix}miou`` and ``{prefix}dice`` (means over objects; ``point_iou`` / ``point_dice``
+        records give ``point_miou`` / ``point_dice``), ``{prefix}loss`` and
         ``{prefix}loss_<term>`` (batch losses weighted by their object counts, i.e. per-object
-        means) and ``{prefix}objects``. Empty when there was no object.
+        means) and ``{prefix}prompts`` (objects). Empty when there was no object.
     """
     iou = torch.cat([r["iou"].reshape(-1).float().cpu() for r in records]) if records else None
     if iou is None or not len(iou):
         return {}
-    dice = torch.cat([r["dice"].reshape(-1).float().cpu() for r in records])
-    metrics = {f"{prefix}miou": iou.mean().item(), f"{prefix}dice": dice.mean().item()}
+    metrics = {}
+    for key in records[0]:
+        if not key.startswith("loss/") and (key == "iou" or key.endswith(("_iou", "dice"))):
+            values = torch.cat([r[key].reshape(-1).float().cpu() for r in records])
+            name = key[: -len("iou")] + "miou" if key.endswith("iou") else key
+            metrics[f"{prefix}{name}"] = values.mean().item()
     scored = [r for r in records if "loss/loss" in r]
-    weights = torch.tensor([r["objects"].sum().item() for r in scored])
+    weights = torch.tensor([r["prompts"].sum().item() for r in scored])
     for key in scored[0]:
         if key.startswith("loss/"):
             values = torch.cat([r[key].reshape(-1).float().cpu() for r in scored])
             name = "loss" if key == "loss/loss" else "loss_" + key.removeprefix("loss/")
             metrics[f"{prefix}{name}"] = (values * weights).sum().item() / weights.sum().item()
-    metrics[f"{prefix}objects"] = float(len(iou))
+    metrics[f"{prefix}prompts"] = float(len(iou))
     return metrics

@@ -1,0 +1,205 @@
+"""Reports of the promptable evaluation: ``metrics.json``, ``report.md``, a self-contained
+``report.html`` with a worst-first gallery, and the console tables. Built from the pieces of
+:mod:`sam3_lora.evaluation.report` (tables, gallery sheets, page style)."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from rich.table import Table
+
+from sam3_lora.data.coco import CocoDataset
+from sam3_lora.data.jsonio import write_json
+from sam3_lora.evaluation.promptable import PROMPT_KINDS, SCORES, PromptableRun
+from sam3_lora.evaluation.report import (
+    _STYLE,
+    GalleryItem,
+    _diff,
+    _fmt,
+    _html_table,
+    _json_safe,
+    _markdown_table,
+)
+from sam3_lora.evaluation.vocabulary import METRICS, PROMPTABLE_METRICS
+from sam3_lora.predict.visualize import draw_predictions, png_data_uri, side_by_side
+
+OVERALL = tuple(f"{prefix}{score}" for _, _, prefix in PROMPT_KINDS.values() for score in SCORES)
+PER_CATEGORY = ("miou", "dice", "point_miou", "points3_miou")
+
+
+def overall_rows(metrics: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Metric, each model, and the difference (adapter - base)."""
+    models = metrics["models"]
+    header = ["metric", *models] + (["adapter − base"] if "difference" in metrics else [])
+    rows = []
+    for key in (*OVERALL, "instances"):
+        row = [key, *(_fmt(models[m]["overall"].get(key, float("nan"))) for m in models)]
+        if "difference" in metrics:
+            difference = metrics["difference"].get(key)
+            row.append("" if difference is None else _diff(difference, key))
+        rows.append(row)
+    return header, rows
+
+
+def category_rows(
+    metrics: dict[str, Any], keys: tuple[str, ...] = PER_CATEGORY
+) -> tuple[list[str], list[list[str]]]:
+    """Per category: instances and each metric of every model side by side."""
+    models = metrics["models"]
+    header = ["category", "instances"]
+    for key in keys:
+        header.extend(f"{key} ({m})" if len(models) > 1 else key for m in models)
+    rows = []
+    first = next(iter(models.values()))["per_category"]
+    for name, values in first.items():
+        row = [name, str(values["instances"])]
+        for key in keys:
+            row.extend(_fmt(models[m]["per_category"][name][key]) for m in models)
+        rows.append(row)
+    return header, rows
+
+
+def comparison_tables(metrics: dict[str, Any]) -> list[Table]:
+    """The overall and per-category tables for the console."""
+    title = (
+        f"{metrics['family']} evaluation on {metrics.get('split', '')} ({metrics['num_images']} "
+        f"images, mask threshold {metrics['mask_threshold']}; box, 1-click and 3-click prompts)"
+    )
+    tables = []
+    for (header, rows), table_title in (
+        (overall_rows(metrics), title),
+        (category_rows(metrics), "per category (all numbers: report.md, instances.csv)"),
+    ):
+        table = Table(title=table_title)
+        for column in header:
+            table.add_column(
+                column, justify="left" if column in ("metric", "category") else "right"
+            )
+        for row in rows:
+            table.add_row(*row)
+        tables.append(table)
+    return tables
+
+
+def render_gallery(
+    coco: CocoDataset, runs: dict[str, PromptableRun], size: int = 8
+) -> list[GalleryItem]:
+    """Worst images first (the last run's mean box-prompt IoU): ground truth, then each model's
+    box-prompted masks, labelled with their IoU."""
+    if not runs or size <= 0:
+        return []
+    primary = list(runs.values())[-1]
+    scores = primary.image_scores()
+    names = {c.id: c.name for c in coco.categories}
+    items = []
+    for image_id in sorted(scores, key=scores.get)[:size]:
+        index = coco.index_of_image(image_id)
+        image = coco.load_image(index)
+        rows = [r for r in primary.instances if r["image_id"] == image_id]
+        by_id = {i.annotation_id: i for i in coco.instances(index)}
+        instances = [by_id[r["annotation_id"]] for r in rows]
+        labels = [names[r["category_id"]] for r in rows]
+        panels = [
+            (
+                "ground truth",
+                draw_predictions(
+                    image,
+                    [i.mask for i in instances if i.mask is not None],
+                    [i.box_xyxy for i in instances],
+                    [names[i.category_id] for i in instances],
+                ),
+            )
+        ]
+        for name, run in runs.items():
+            masks = _to_image_size(run.box_masks.get(image_id), image.size)
+            ious = [r["iou"] for r in run.instances if r["image_id"] == image_id]
+            boxes = [i.box_xyxy for i in instances]
+            title = f"{name}: box prompts, mean IoU {np.mean(ious):.2f}"
+            panels.append((title, draw_predictions(image, masks, boxes, labels, ious)))
+        items.append(GalleryItem(coco.images[index].file_name, side_by_side(panels)))
+    return items
+
+
+def _to_image_size(masks: np.ndarray | None, size: tuple[int, int]) -> list[np.ndarray]:
+    if masks is None:
+        return []
+    return [
+        np.asarray(Image.fromarray(m).resize(size, Image.Resampling.NEAREST), dtype=bool)
+        for m in masks
+    ]
+
+
+def write_reports(
+    metrics: dict[str, Any],
+    runs: dict[str, PromptableRun],
+    coco: CocoDataset,
+    output_dir: str | Path,
+    gallery_size: int = 8,
+) -> dict[str, Path]:
+    """Write ``metrics.json``, ``report.md`` and ``report.html``; returns their paths."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    files = {"metrics.json": write_json(output_dir / "metrics.json", _json_safe(metrics), indent=2)}
+    overall, categories = overall_rows(metrics), category_rows(metrics)
+    intro = [
+        f"dataset: {metrics['dataset']} ({metrics.get('split', '')}), {metrics['num_images']} "
+        f"images, {metrics['num_categories']} categories, scored at "
+        f"{metrics['resolution']} px, mask threshold {metrics['mask_threshold']}",
+        *[f"prompts {kind}: {text}" for kind, text in metrics["prompts"].items()],
+        *[
+            f"{name}: {block['source']} ({block['seconds']} s, {block['images_per_second']} img/s)"
+            for name, block in metrics["models"].items()
+        ],
+    ]
+    definitions = {key: METRICS[key] for key in PROMPTABLE_METRICS}
+    markdown = [
+        "# Evaluation report",
+        "",
+        *[f"- {line}" for line in intro],
+        "",
+        "## Overall",
+        "",
+        _markdown_table(*overall),
+        "",
+        "## Per category",
+        "",
+        _markdown_table(*categories),
+        "",
+        "Per instance: instances.csv. Metric definitions:",
+        "",
+        *[f"- `{key}`: {text}" for key, text in definitions.items()],
+        "",
+    ]
+    files["report.md"] = output_dir / "report.md"
+    files["report.md"].write_text("\n".join(markdown), encoding="utf-8")
+    gallery = render_gallery(coco, runs, gallery_size)
+    figures = "".join(
+        f'<figure><img alt="{html.escape(item.title)}" src="{png_data_uri(item.sheet)}">'
+        f"<figcaption>{html.escape(item.title)}</figcaption></figure>"
+        for item in gallery
+    )
+    page = (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>sam3-lora evaluation</title><style>{_STYLE}</style></head><body>"
+        "<h1>Evaluation report</h1><ul>"
+        + "".join(f"<li>{html.escape(line)}</li>" for line in intro)
+        + "</ul><h2>Overall</h2>"
+        + _html_table(*overall)
+        + "<h2>Per category</h2>"
+        + _html_table(*categories)
+        + "<h2>Worst images first</h2>"
+        + (figures or "<p>no images</p>")
+        + "<h2>Metrics</h2><ul>"
+        + "".join(
+            f"<li><code>{html.escape(k)}</code>: {html.escape(v)}</li>"
+            for k, v in definitions.items()
+        )
+        + "</ul></body></html>"
+    )
+    files["report.html"] = output_dir / "report.html"
+    files["report.html"].write_text(page, encoding="utf-8")
+    return files

@@ -1,0 +1,117 @@
+"""The promptable task as the trainer sees it: module, collate, loss, validation, weight I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from peft import PeftModel
+from torch import Tensor
+
+from sam3_lora.errors import AdapterError, CheckpointError
+from sam3_lora.lora import load_adapter_weights_strict, save_lora_weights
+from sam3_lora.models import load_model_weights_strict
+from sam3_lora.tasks.promptable.loss import TERMS, PromptableLoss
+from sam3_lora.tasks.promptable.module import PromptableModel, PromptableOutputs
+from sam3_lora.tasks.promptable.samples import PromptBatch, PromptSample, collate_prompt_samples
+from sam3_lora.tasks.promptable.validation import outputs_statistics, summarize
+
+#: Validation prompts besides the module's own (``box``): each adds ``val/<prompt>_miou`` and
+#: ``val/<prompt>_dice``.
+EXTRA_VALIDATION_PROMPTS = ("point",)
+
+
+class PromptableTask:
+    """SAM2 / SAM3-tracker box and click prompting for the engine.
+
+    Validation runs every object twice with the deterministic evaluation prompts: its box
+    (``val/miou``, ``val/dice``, the loss terms) and one click at its centre-most pixel
+    (``val/point_miou``, ``val/point_dice``).
+
+    Args:
+        model: the :class:`PromptableModel` (the module the trainer prepares and wraps).
+        loss: Meta's multi-step, multi-mask loss.
+        mask_threshold: mask probability threshold of the validation IoU / Dice.
+        extra_prompts: validation prompts after the box one.
+    """
+
+    def __init__(
+        self,
+        model: PromptableModel,
+        loss: PromptableLoss,
+        mask_threshold: float = 0.5,
+        extra_prompts: Sequence[str] = EXTRA_VALIDATION_PROMPTS,
+    ) -> None:
+        self.model = model
+        self.criterion = loss
+        self.mask_threshold = mask_threshold
+        self.extra_prompts = tuple(extra_prompts)
+
+    def collate(self, samples: list[PromptSample]) -> PromptBatch:
+        return collate_prompt_samples(samples)
+
+    def loss(
+        self, outputs: PromptableOutputs, batch: PromptBatch, num_targets: float | None = None
+    ) -> dict[str, Tensor]:
+        """``{"loss": total, <term>: weighted term, ...}``; ``num_targets`` is the object
+        normaliser (default: this batch's objects; the trainer passes the mean over processes).
+
+        A batch without objects (they all vanished at the model resolution) gets a zero loss
+        that still reaches every trainable parameter, so that each process has a graph to
+        backward and distributed gradient averaging does not wait for it.
+        """
+        if not outputs.steps:
+            zero = sum(
+                (p.sum() * 0.0 for p in self.model.parameters() if p.requires_grad),
+                torch.zeros((), device=batch.pixel_values.device),
+            )
+            return {"loss": zero, **{term: zero.detach() for term in TERMS}}
+        return self.criterion(outputs.steps, batch.target_masks, num_targets)
+
+    def validation_statistics(
+        self, outputs: PromptableOutputs, batch: PromptBatch
+    ) -> dict[str, Tensor]:
+        """Per-object IoU / Dice with box prompts (``outputs``, the module's eval forward) and
+        with each extra prompt (run here), and the loss terms of the box prompts."""
+        record = outputs_statistics(outputs, batch, self.criterion, self.mask_threshold)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                for prompt in self.extra_prompts:
+                    extra = self.model(batch, prompt=prompt, correction_clicks=0)
+                    record.update(
+                        outputs_statistics(
+                            extra, batch, self.criterion, self.mask_threshold, f"{prompt}_"
+                        )
+                    )
+        finally:
+            self.model.train(was_training)
+        return record
+
+    def summarize_validation(self, steps: list[dict[str, Tensor]]) -> dict[str, float]:
+        return summarize(steps)
+
+    @property
+    def network(self) -> torch.nn.Module:
+        """The PEFT model (LoRA) or the plain ``Sam2Model`` / ``Sam3TrackerModel``."""
+        return self.model.network
+
+    def save_weights(self, folder: Path) -> None:
+        """Write what is trained into ``folder``: the adapter (PEFT format) for a LoRA model,
+        the whole model (``save_pretrained``) when every weight is trained."""
+        if isinstance(self.network, PeftModel):
+            save_lora_weights(self.network, folder)
+        else:
+            self.network.save_pretrained(folder, safe_serialization=True)
+
+    def load_weights(self, folder: Path) -> None:
+        """Load what :meth:`save_weights` wrote, strictly (missing / unexpected keys fail)."""
+        try:
+            if isinstance(self.network, PeftModel):
+                load_adapter_weights_strict(self.network, folder)
+            else:
+                load_model_weights_strict(self.network, Path(folder) / "model.safetensors")
+        except AdapterError as error:
+            raise CheckpointError(str(error)) from None
