@@ -221,7 +221,7 @@ def render_gallery(
     coco: CocoDataset, runs: dict[str, ModelRun], threshold: float, size: int = 8
 ) -> list[GalleryItem]:
     """Worst images first (by the last run's mean pair IoU): ground truth and each model."""
-    from sam3_lora.evaluation.runner import decode_result
+    from sam3_lora.evaluation.scored_files import decode_result
 
     if not runs or size <= 0:
         return []
