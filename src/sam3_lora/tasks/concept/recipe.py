@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import logging
 
+from peft import PeftModel
+
 from sam3_lora.config import Config
+from sam3_lora.data.negative_cache import NegativeCheck
 from sam3_lora.data.sources import resolve_data_splits
 from sam3_lora.data.transforms import build_transforms
 from sam3_lora.data.vocabulary import load_negative_vocabulary
@@ -12,6 +15,7 @@ from sam3_lora.lora import apply_lora_to_model
 from sam3_lora.models import LoadedModel
 from sam3_lora.tasks.concept.loss import LossWeights, Sam3ConceptLoss
 from sam3_lora.tasks.concept.module import ConceptModel
+from sam3_lora.tasks.concept.negatives import verify_negatives
 from sam3_lora.tasks.concept.samples import ConceptDataset
 from sam3_lora.tasks.concept.spec import PIXEL_MEAN, PIXEL_STD
 from sam3_lora.tasks.concept.task import ConceptTask
@@ -86,13 +90,56 @@ def build_concept_task(config: Config, loaded: LoadedModel) -> ConceptTask:
     )
 
 
+def verify_dataset_negatives(
+    config: Config, loaded: LoadedModel, resolution: int, datasets: list[ConceptDataset]
+) -> list[NegativeCheck]:
+    """``data.verify_negatives``: the base model checks each dataset's candidate negatives
+    (cached); each dataset then draws an image's negatives among its verified ones only.
+    Run before the adapter is injected."""
+    data = config.data
+    if not data.verify_negatives or not data.num_negative_prompts:
+        return []
+    model = ConceptModel(loaded.model, loaded.processor.tokenizer)
+    checks = []
+    for dataset in datasets:
+        check = verify_negatives(
+            dataset.coco,
+            model,
+            dataset.negative_vocabulary,
+            resolution=resolution,
+            pool_size=data.negative_verify_pool,
+            seed=config.training.seed,
+            threshold=data.negative_verify_threshold,
+            batch_size=config.evaluation.batch_size,
+            num_workers=config.training.num_workers,
+            model_name=config.model.name_or_path,
+            timeout_s=config.training.distributed_timeout_s,
+        )
+        dataset.set_negative_candidates([check.negatives(i.id) for i in dataset.coco.images])
+        logger.info("%s", check.summary())
+        checks.append(check)
+    return checks
+
+
 def build_concept_recipe(config: Config, loaded: LoadedModel) -> TaskRecipe:
-    """The concept task and its datasets for ``sam3-lora train``."""
-    task = build_concept_task(config, loaded)
+    """The concept task and its datasets for ``sam3-lora train`` (negatives verified by the base
+    model first; validation with retention prompts when the task trains an adapter)."""
     resolution = model_resolution(loaded, config)
     train, valid = build_concept_datasets(config, resolution)
+    checks = verify_dataset_negatives(
+        config, loaded, resolution, [d for d in (train, valid) if d is not None]
+    )
+    task = build_concept_task(config, loaded)
+    retention = config.evaluation.retention_prompts
+    if valid is not None and len(checks) == 2 and retention and isinstance(task.network, PeftModel):
+        valid.set_retention_prompts(
+            [checks[1].present(i.id)[:retention] for i in valid.coco.images]
+        )
     description = (
         f"{len(train)} training images, {len(valid) if valid else 0} validation images, "
         f"{len(train.coco.categories)} categories, resolution {resolution}"
     )
+    for check, split in zip(checks, ("training", "validation"), strict=False):
+        timing = "cached" if check.from_cache else f"{check.seconds:.1f} s"
+        description += f"\n{split} {check.summary()} [{timing}]"
     return TaskRecipe(task, train, valid, description)
