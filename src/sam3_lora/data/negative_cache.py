@@ -134,11 +134,9 @@ def fallback_cache_path(path: Path) -> Path:
     return root / "negatives" / digest / path.name
 
 
-def read_cache(
-    path: Path, key: dict[str, Any], threshold: float, image_ids: list[int]
-) -> NegativeCheck | None:
-    """The cached check at ``path`` when it matches ``key`` and covers ``image_ids``; None when
-    absent; a corrupt or stale file is reported (warning) and ignored."""
+def read_cache(path: Path, key: dict[str, Any], threshold: float) -> NegativeCheck | None:
+    """The cached check at ``path`` (or its fallback) when it matches ``key``; None when absent;
+    a corrupt or stale file is reported (warning) and ignored (it is then rewritten)."""
     for candidate in (path, fallback_cache_path(path)):
         if candidate.is_file():
             break
@@ -152,15 +150,6 @@ def read_cache(
             "negative verification cache %s is unreadable (%s); it is recomputed and rewritten",
             candidate,
             error,
-        )
-        return None
-    missing = [i for i in image_ids if i not in check.scores]
-    if missing:
-        logger.warning(
-            "negative verification cache %s lacks %d images (e.g. id %d); it is recomputed",
-            candidate,
-            len(missing),
-            missing[0],
         )
         return None
     check.cache_file, check.from_cache = candidate, True

@@ -166,9 +166,11 @@ def verify_negatives(
     model_name: str = "",
     timeout_s: int = 600,
     device: torch.device | None = None,
+    indices: list[int] | None = None,
 ) -> NegativeCheck:
-    """Score every image's candidate negatives with ``model`` (the base: call it with the
-    adapter disabled), or read the cached result.
+    """Score each image's candidate negatives with ``model`` (the base: call it with the
+    adapter disabled); images already in the cache are read from it, the others scored and
+    added to it.
 
     Args:
         coco: the split.
@@ -183,12 +185,14 @@ def verify_negatives(
         timeout_s: distributed collectives' timeout.
         device: where the pass runs (default: this process's GPU, else the CPU); the model is
             moved back afterwards.
+        indices: the images to check (default: all); the result holds these only.
     """
-    image_ids = [image.id for image in coco.images]
-    pools = candidate_pools(vocabulary, pool_size, seed, image_ids)
+    indices = list(range(len(coco))) if indices is None else list(indices)
+    wanted = [coco.images[i].id for i in indices]
+    pools = candidate_pools(vocabulary, pool_size, seed, wanted)
     key = {
         "annotation_sha256": file_digest(coco.annotation_file),
-        "images": len(image_ids),
+        "images": len(coco),
         "model": model_fingerprint(model.network),
         "vocabulary_sha256": text_digest(vocabulary),
         "pool": pool_size,
@@ -197,49 +201,58 @@ def verify_negatives(
     }
     path = cache_path(coco.annotation_file, cache_key(key))
     state = process_state(timeout_s)
-    cached = read_cache(path, key, threshold, image_ids)
-    if state is not None:  # every process uses the cache, or none does
+    cached = read_cache(path, key, threshold)
+    scores = dict(cached.scores) if cached is not None else {}
+    missing = [i for i, image_id in zip(indices, wanted, strict=True) if image_id not in scores]
+    if state is not None:  # the same images on every process, whatever each one's cache says
         from accelerate.utils import gather_object
 
-        if not all(gather_object([cached is not None])):
-            cached = None
-    if cached is not None:
-        logger.info("negative verification read from %s", cached.cache_file)
-        return cached
-    rank, processes = (0, 1) if state is None else (state.process_index, state.num_processes)
-    mine = list(range(len(coco)))[rank::processes]
-    if device is None:
-        device = state.device if state is not None else _default_device()
-    home = next(model.parameters()).device
-    started = time.perf_counter()
-    model.to(device)
-    try:
-        scores = _score_images(
-            coco, model, pools, mine, resolution, batch_size, num_workers, show=rank == 0
-        )
-    finally:
-        model.to(home)
-    if state is not None:
-        from accelerate.utils import gather_object
-
-        merged: dict[int, dict[str, float]] = {}
-        for part in gather_object([scores]):
-            merged.update(part)
-        scores = merged
+        missing = sorted(set().union(*gather_object([missing])))
     check = NegativeCheck(
         concepts=list(vocabulary),
-        scores={i: scores[i] for i in image_ids},
+        scores={},
         threshold=threshold,
         dataset=str(coco.annotation_file),
         model=model_name,
-        seconds=time.perf_counter() - started,
+        cache_file=cached.cache_file if cached is not None else None,
+        from_cache=not missing,
     )
-    if rank == 0:
-        check.cache_file = write_cache(check, path, key)
+    if missing:
+        rank, processes = (0, 1) if state is None else (state.process_index, state.num_processes)
+        if device is None:
+            device = state.device if state is not None else _default_device()
+        home = next(model.parameters()).device
+        started = time.perf_counter()
+        model.to(device)
+        try:
+            found = _score_images(
+                coco,
+                model,
+                pools,
+                missing[rank::processes],
+                resolution,
+                batch_size,
+                num_workers,
+                show=rank == 0,
+            )
+        finally:
+            model.to(home)
+        if state is not None:
+            from accelerate.utils import gather_object
+
+            for part in gather_object([found]):
+                scores.update(part)
+        else:
+            scores.update(found)
+        check.seconds = time.perf_counter() - started
+        check.scores = scores
+        if rank == 0:
+            check.cache_file = write_cache(check, path, key)
+        if state is not None:
+            state.wait_for_everyone()  # the file exists before anyone goes on
     else:
-        check.cache_file = path
-    if state is not None:
-        state.wait_for_everyone()  # the file exists before anyone goes on
+        logger.info("negative verification read from %s", check.cache_file)
+    check.scores = {image_id: scores[image_id] for image_id in wanted}
     return check
 
 
@@ -300,12 +313,14 @@ def _score_images(
 
 @contextmanager
 def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
-    was_training = model.training
+    """Eval mode inside the block; afterwards every submodule gets its own mode back."""
+    modes = [(module, module.training) for module in model.modules()]
     model.eval()
     try:
         yield
     finally:
-        model.train(was_training)
+        for module, training in modes:
+            module.training = training
 
 
 def _autocast(device: torch.device) -> Any:

@@ -92,8 +92,9 @@ def retention_statistics(
     mask_threshold: float = 0.5,
 ) -> dict[str, Tensor]:
     """Per retention prompt (the same R prompts in ``base`` and ``adapted``): the base's
-    detections (score >= ``score_threshold``), how many the adapter keeps (a detection of its
-    own at mask IoU >= 0.5, one-to-one) and the IoU of the two unions of masks, at ``size``.
+    detections (score >= ``score_threshold``, empty masks left out), how many the adapter keeps
+    (a detection of its own at mask IoU >= 0.5, one-to-one) and the IoU of the two unions of
+    masks, at ``size``.
 
     Returns:
         ``retention/base``, ``retention/kept``, ``retention/iou``: float tensors [R].
@@ -106,10 +107,10 @@ def retention_statistics(
             scores = logits.float().sigmoid() * presence.float().sigmoid()  # [Q]
             order = torch.argsort(scores, descending=True)
             order = order[scores[order] >= score_threshold]
+            found = torch.zeros((0, *size), dtype=torch.bool, device=scores.device)
             if len(order):
-                masks.append(binary_masks(outputs.masks[prompt, order], size, mask_threshold))
-            else:
-                masks.append(torch.zeros((0, *size), dtype=torch.bool, device=scores.device))
+                found = binary_masks(outputs.masks[prompt, order], size, mask_threshold)
+            masks.append(found[found.flatten(1).any(1)])  # an empty mask has nothing to keep
         base_masks, adapted_masks = (m.flatten(1).float() for m in masks)
         overlap = base_masks @ adapted_masks.T
         union = base_masks.sum(1)[:, None] + adapted_masks.sum(1)[None, :] - overlap
