@@ -48,6 +48,7 @@ from sam3_lora.tasks.spec import unwrap_model
 logger = logging.getLogger(__name__)
 
 _POOL_SALT = 0x6E6567  # "neg": pools differ from the dataset's own sampling streams
+SCORE_DECIMALS = 5
 
 
 def candidate_pools(
@@ -304,7 +305,8 @@ def _score_images(
             for image_id in ids:
                 scores[image_id] = {}
                 for concept in pools[image_id]:
-                    scores[image_id][concept] = float(best[row])
+                    # rounded as cached: a fresh and a cached run decide alike
+                    scores[image_id][concept] = round(float(best[row]), SCORE_DECIMALS)
                     row += 1
             progress.update(len(chunk))
     progress.close()
