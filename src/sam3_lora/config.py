@@ -254,8 +254,9 @@ class EvaluationSettings(_Section):
         4,
         ge=0,
         description="per image, concepts outside the dataset that the base model finds "
-        "(verified present), prompted to measure retention (evaluate and val/retention); "
-        "0 = off",
+        "(verified present), prompted to measure retention (evaluate and val/retention; the "
+        "validation split is then checked by the base model, cached, even with "
+        "data.verify_negatives off); 0 = off",
     )
 
 

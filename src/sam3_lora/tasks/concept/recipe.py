@@ -91,14 +91,16 @@ def build_concept_task(config: Config, loaded: LoadedModel) -> ConceptTask:
 
 
 def verify_dataset_negatives(
-    config: Config, loaded: LoadedModel, resolution: int, datasets: list[ConceptDataset]
+    config: Config,
+    loaded: LoadedModel,
+    resolution: int,
+    datasets: list[ConceptDataset],
+    draw: bool = True,
 ) -> list[NegativeCheck]:
-    """``data.verify_negatives``: the base model checks each dataset's candidate negatives
-    (cached); each dataset then draws an image's negatives among its verified ones only.
-    Run before the adapter is injected."""
+    """The base model checks each dataset's candidate negatives (cached); with ``draw`` each
+    dataset then draws an image's negatives among its verified ones only. Run before the
+    adapter is injected."""
     data = config.data
-    if not data.verify_negatives or not data.num_negative_prompts:
-        return []
     model = ConceptModel(loaded.model, loaded.processor.tokenizer)
     checks = []
     for dataset in datasets:
@@ -115,31 +117,35 @@ def verify_dataset_negatives(
             model_name=config.model.name_or_path,
             timeout_s=config.training.distributed_timeout_s,
         )
-        dataset.set_negative_candidates([check.negatives(i.id) for i in dataset.coco.images])
+        if draw:
+            dataset.set_negative_candidates([check.negatives(i.id) for i in dataset.coco.images])
         logger.info("%s", check.summary())
         checks.append(check)
     return checks
 
 
 def build_concept_recipe(config: Config, loaded: LoadedModel) -> TaskRecipe:
-    """The concept task and its datasets for ``sam3-lora train`` (negatives verified by the base
-    model first; validation with retention prompts when the task trains an adapter)."""
+    """The concept task and its datasets for ``sam3-lora train``: with ``data.verify_negatives``
+    the base model verifies the negatives first; when the task trains an adapter, validation
+    also prompts the concepts the base finds on each image (retention, ``val/retention``)."""
     resolution = model_resolution(loaded, config)
     train, valid = build_concept_datasets(config, resolution)
-    checks = verify_dataset_negatives(
-        config, loaded, resolution, [d for d in (train, valid) if d is not None]
-    )
-    task = build_concept_task(config, loaded)
+    verify = config.data.verify_negatives and config.data.num_negative_prompts > 0
     retention = config.evaluation.retention_prompts
-    if valid is not None and len(checks) == 2 and retention and isinstance(task.network, PeftModel):
-        valid.set_retention_prompts(
-            [checks[1].present(i.id)[:retention] for i in valid.coco.images]
-        )
+    checked = [train] if verify else []
+    if valid is not None and (verify or retention):
+        checked.append(valid)
+    checks = verify_dataset_negatives(config, loaded, resolution, checked, draw=verify)
+    task = build_concept_task(config, loaded)
+    if retention and valid is not None and isinstance(task.network, PeftModel):
+        check = checks[-1]  # the base to compare with: the adapter disabled
+        valid.set_retention_prompts([check.present(i.id)[:retention] for i in valid.coco.images])
     description = (
         f"{len(train)} training images, {len(valid) if valid else 0} validation images, "
         f"{len(train.coco.categories)} categories, resolution {resolution}"
     )
-    for check, split in zip(checks, ("training", "validation"), strict=False):
+    for check, dataset in zip(checks, checked, strict=True):
+        split = "training" if dataset is train else "validation"
         timing = "cached" if check.from_cache else f"{check.seconds:.1f} s"
         description += f"\n{split} {check.summary()} [{timing}]"
     return TaskRecipe(task, train, valid, description)
