@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import json
 import math
 import os
 import shutil
@@ -278,3 +279,48 @@ def test_a_launch_accelerate_does_not_see_stops_with_the_right_command(
     assert code != 0
     assert "WORLD_SIZE=2" in text and "ACCELERATE_USE_CPU=1 torchrun" in text, text[-3000:]
     assert not (tmp_path / "run" / "metrics.csv").exists()
+
+
+VERIFY_SCRIPT = """
+import json, sys
+from sam3_lora.data.coco import CocoDataset
+from sam3_lora.models import load_sam3
+from sam3_lora.tasks.concept import negatives
+from sam3_lora.tasks.concept.module import ConceptModel
+
+scored = []
+original = negatives._score_images
+def counting(coco, model, pools, indices, *args, **kwargs):
+    scored.extend(indices)
+    return original(coco, model, pools, indices, *args, **kwargs)
+negatives._score_images = counting
+loaded = load_sam3("tiny-random")
+check = negatives.verify_negatives(
+    CocoDataset.from_split_dir(sys.argv[1]),
+    ConceptModel(loaded.model, loaded.processor.tokenizer),
+    ["person", "car", "road", "sky"],
+    resolution=224, pool_size=3, seed=0, threshold=0.5, timeout_s=30,
+)
+state = negatives.process_state()
+print("RESULT", json.dumps({"rank": state.process_index, "scored": scored,
+      "scores": {str(k): v for k, v in check.scores.items()}}))
+"""
+
+
+def test_negative_verification_is_split_between_processes(shapes: Path, tmp_path: Path) -> None:
+    """Each image is checked by one process; every process gets all scores; one file."""
+    split = tmp_path / "train"
+    shutil.copytree(shapes / "train", split)
+    script = tmp_path / "verify.py"
+    script.write_text(VERIFY_SCRIPT)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    printed = _run([*command, str(script), str(split)], tmp_path / "verify.log")
+    results = [json.loads(line.split("RESULT", 1)[1]) for line in printed.splitlines()
+               if "RESULT" in line]  # fmt: skip
+    assert sorted(r["rank"] for r in results) == [0, 1]
+    scored = [i for r in results for i in r["scored"]]
+    assert sorted(scored) == list(range(8))  # each image once
+    assert results[0]["scores"] == results[1]["scores"] and len(results[0]["scores"]) == 8
+    caches = list((split / ".sam3-lora").glob("negatives-*.json"))
+    assert len(caches) == 1
+    assert json.loads(caches[0].read_text())["scores"] == results[0]["scores"]

@@ -240,6 +240,25 @@ class DataSettings(_Section):
     negative_prompts: str | None = Field(
         None, description="text file, one concept per line; null = the built-in vocabulary"
     )
+    verify_negatives: bool = Field(
+        True,
+        description="with negatives on: before training, the base model checks each image's "
+        "candidate negatives once (cached next to the dataset); a concept it finds there is "
+        "not a negative for that image",
+    )
+    negative_verify_threshold: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="verify_negatives: a candidate the base model finds with a score "
+        "(detection x presence) at or above this is present, not a negative",
+    )
+    negative_verify_pool: int = Field(
+        16,
+        ge=1,
+        description="verify_negatives: candidate negatives checked per image (a seeded sample "
+        "of the vocabulary); the image's negatives are drawn among its verified ones",
+    )
     scale_range: tuple[float, float] = Field((0.48, 0.98), description="random resize range")
     horizontal_flip: bool = False
     augment: bool = Field(True, description="Meta's random resize + pad on the training split")
@@ -344,6 +363,20 @@ class EvaluationSettings(_Section):
     )
     num_negative_prompts: int = Field(5, ge=0, description="absent concepts prompted per image")
     batch_size: int = Field(4, ge=1)
+    verify_negatives: bool = Field(
+        True,
+        description="evaluate: the base model checks each image's candidate negatives first "
+        "(data.negative_verify_threshold / _pool); a concept it finds is not counted as a "
+        "false positive, and is prompted for retention instead",
+    )
+    retention_prompts: int = Field(
+        4,
+        ge=0,
+        description="per image, concepts outside the dataset that the base model finds "
+        "(verified present), prompted to measure retention (evaluate and val/retention; the "
+        "validation split is then checked by the base model, cached, even with "
+        "data.verify_negatives off); 0 = off",
+    )
 
 
 class OutputSettings(_Section):

@@ -143,6 +143,14 @@ def _validate(args: argparse.Namespace) -> int:
     for report in reports:
         if report.prompts:
             console.print(prompt_table(report))
+        if args.config is not None:
+            from sam3_lora.data.config_check import negative_notes, negative_table
+
+            table = negative_table(report)
+            if table is not None:
+                console.print(table)
+            for line in negative_notes(report):
+                console.print(line, soft_wrap=True, highlight=False, markup=False)
     console.print(validation_table(reports))
     errors = sum(len(report.errors) for report in reports)
     if args.fix is not None:

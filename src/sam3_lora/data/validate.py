@@ -66,6 +66,7 @@ class SplitReport:
     split: str | None = None
     prompts: list[PromptCount] = field(default_factory=list)
     note: str | None = None
+    negatives: Any = None  # config_check.NegativeReport: the split's hard negatives (--config)
 
     @property
     def errors(self) -> list[Issue]:

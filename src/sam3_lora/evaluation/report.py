@@ -50,6 +50,8 @@ HEADLINE = {
     "giou": "IoU over every prompt, absent ones scoring 1 when silent (gRefCOCO's gIoU)",
     "absent_fire_rate": "absent categories with a prediction (lower is better)",
     "negative_fire_rate": "negative prompts with a prediction (lower is better)",
+    "retention": "base detections on concepts outside the dataset the adapter still finds",
+    "retention_iou": "mask IoU between base and adapter answers on those concepts",
 }
 PER_CATEGORY = ("segm/AP", "bbox/AP", "cgF1", "positive_micro_F1", "miou", "dice")
 CONSOLE_PER_CATEGORY = ("segm/AP", "cgF1", "miou")
@@ -189,6 +191,8 @@ def plot_threshold_sweep(metrics: dict[str, Any], output_path: str | Path) -> Pa
 
 def comparison_tables(metrics: dict[str, Any]) -> list[Table]:
     """The overall, per-category and threshold-sweep tables for the console."""
+    from sam3_lora.evaluation.retention import concept_rows, retention_title
+
     tables = []
     title = (
         f"evaluation on {metrics.get('split', '')} ({metrics['num_images']} images, "
@@ -201,7 +205,10 @@ def comparison_tables(metrics: dict[str, Any]) -> list[Table]:
             sweep_rows(metrics, CONSOLE_SWEEP_COLUMNS, compact=True),
             "by score threshold (* = best cgF1: an operating point for predict --threshold)",
         ),
+        (concept_rows(metrics.get("retention", {})), retention_title(metrics)),
     ):
+        if header and not rows:
+            continue
         if not header:
             continue
         table = Table(title=table_title)
@@ -217,11 +224,16 @@ def comparison_tables(metrics: dict[str, Any]) -> list[Table]:
     return tables
 
 
+def _verification_line(metrics: dict[str, Any]) -> list[str]:
+    block = metrics.get("negative_verification")
+    return [block["summary"]] if block else []
+
+
 def render_gallery(
     coco: CocoDataset, runs: dict[str, ModelRun], threshold: float, size: int = 8
 ) -> list[GalleryItem]:
     """Worst images first (by the last run's mean pair IoU): ground truth and each model."""
-    from sam3_lora.evaluation.runner import decode_result
+    from sam3_lora.evaluation.scored_files import decode_result
 
     if not runs or size <= 0:
         return []
@@ -302,10 +314,16 @@ img { max-width: 100%; border: 1px solid #ddd; }
 
 
 def write_reports(
-    metrics: dict[str, Any], gallery: list[GalleryItem], output_dir: str | Path
+    metrics: dict[str, Any],
+    gallery: list[GalleryItem],
+    output_dir: str | Path,
+    retention_gallery: list[GalleryItem] | None = None,
 ) -> dict[str, Path]:
     """Write ``metrics.json``, ``report.md``, ``report.html`` and ``gallery.png`` (the worst
-    images, ground truth and each model side by side); returns their paths."""
+    images, ground truth and each model side by side; in the HTML also the images where the
+    adapter lost most of the base's detections); returns their paths."""
+    from sam3_lora.evaluation.retention import concept_rows, retention_html, retention_title
+
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     files = {"metrics.json": output_dir / "metrics.json"}
@@ -330,7 +348,9 @@ def write_reports(
         f"{metrics['negative_prompts_per_image']} negative prompts per image",
         f"score threshold {metrics['score_threshold']}, mask threshold {metrics['mask_threshold']}",
         *_describe_models(metrics),
+        *_verification_line(metrics),
     ]
+    retention = concept_rows(metrics["retention"]) if "retention" in metrics else ([], [])
     markdown = [
         "# Evaluation report",
         "",
@@ -356,6 +376,11 @@ def write_reports(
                 "",
             ]
             if sweep[0]
+            else []
+        ),
+        *(
+            ["## Retention", "", retention_title(metrics), "", _markdown_table(*retention), ""]
+            if retention[1]
             else []
         ),
         "Metric definitions:",
@@ -386,6 +411,7 @@ def write_reports(
         + (_sweep_html(best, sweep, plot) if sweep[0] else "")
         + "<h2>Worst images first</h2>"
         + (figures or "<p>no images</p>")
+        + (retention_html(metrics, retention, retention_gallery or []) if retention[1] else "")
         + f"<h2>Metrics</h2><ul>{definitions}</ul></body></html>"
     )
     files["report.html"] = output_dir / "report.html"

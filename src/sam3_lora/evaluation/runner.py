@@ -31,25 +31,26 @@ from rich.console import Console
 from tqdm.auto import tqdm
 
 from sam3_lora.config import Config
-from sam3_lora.data.coco import CocoDataset, decode_rle
+from sam3_lora.data.coco import CocoDataset
 from sam3_lora.data.sources import open_config_split
-from sam3_lora.data.vocabulary import load_negative_vocabulary
-from sam3_lora.evaluation.metrics import (
-    COCO_STAT_NAMES,
-    cgf1_metrics,
-    cgf1_per_category,
-    coco_detection_metrics,
-    union_iou_dice,
+from sam3_lora.data.vocabulary import category_texts, exclude_overlapping, load_negative_vocabulary
+from sam3_lora.evaluation.metrics import union_iou_dice
+from sam3_lora.evaluation.scored_files import (
+    BASE_PREDICTIONS_FILE,
+    GROUND_TRUTH_FILE,
+    PREDICTIONS_FILE,
+    decode_result,
+    ground_truth_dict,
+    scored_ground_truth,
+    write_scored_files,
 )
-from sam3_lora.evaluation.vocabulary import METRICS
+from sam3_lora.evaluation.scores import CGF1_KEYS, COCO_KEYS, compute_metrics, threshold_sweep
 from sam3_lora.predict.inference import ConceptPrompt, PromptPrediction, SAM3LoRAInference
 
 logger = logging.getLogger(__name__)
 
 MIN_RESULT_SCORE = 0.01  # results kept for COCO AP (thresholded metrics use the threshold)
 MAX_DETECTIONS = 100  # per (image, prompt), COCO's maxDets
-COCO_KEYS = ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large", "AR@100")
-CGF1_KEYS = ("cgF1", "cgF1@50", "cgF1@75", "positive_micro_F1", "IL_MCC")
 #: Score thresholds of the sweep; the configured threshold is added when it is not among them.
 SWEEP_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -66,26 +67,8 @@ class ModelRun:
     sweep_thresholds: tuple[float, ...] = SWEEP_THRESHOLDS
     image_scores: dict[int, float] = field(default_factory=dict)  # image_id -> mean pair IoU
     seconds: float = 0.0
-
-
-def ground_truth_dict(coco: CocoDataset) -> dict[str, Any]:
-    """The split as a COCO dict for the metrics; box-only objects get their box as polygon."""
-    annotations = []
-    for index in range(len(coco)):
-        for annotation in coco.raw_annotations(index):
-            annotation = dict(annotation)
-            if not annotation.get("segmentation"):
-                x, y, w, h = annotation["bbox"]
-                annotation["segmentation"] = [[x, y, x + w, y, x + w, y + h, x, y + h]]
-            annotations.append(annotation)
-    return {
-        "images": [
-            {"id": i.id, "file_name": i.file_name, "width": i.width, "height": i.height}
-            for i in coco.images
-        ],
-        "categories": [{"id": c.id, "name": c.name} for c in coco.categories],
-        "annotations": annotations,
-    }
+    # (image_id, concept) -> results above the threshold of a retention prompt, best first
+    answers: dict[tuple[int, str], list[dict[str, Any]]] = field(default_factory=dict)
 
 
 def choose_negatives(vocabulary: list[str], count: int, index: int) -> list[str]:
@@ -120,27 +103,36 @@ def run_model(
     threshold: float,
     batch_size: int,
     indices: list[int],
+    retention: dict[int, list[str]] | None = None,
+    categories: bool = True,
 ) -> ModelRun:
-    """Prompt every category (and the negatives) on every image of ``indices``, in batches."""
+    """Prompt every category (and the negatives, and the retention concepts) on every image of
+    ``indices``, in batches; ``categories=False`` prompts the retention concepts only."""
     from sam3_lora.predict.autolabel import encode_mask
 
     sweep = tuple(sorted({*SWEEP_THRESHOLDS, threshold}))
     run = ModelRun(name=name, source=_describe(predictor, name), sweep_thresholds=sweep)
     started = time.perf_counter()
-    category_prompts = [ConceptPrompt(c.prompt) for c in coco.categories]
+    prompted = list(coco.categories) if categories else []
+    category_prompts = [ConceptPrompt(c.prompt) for c in prompted]
+    retention = retention or {}
     progress = tqdm(total=len(indices), desc=f"evaluating {name}", unit="img", leave=False)
     for start in range(0, len(indices), batch_size):
         chunk = indices[start : start + batch_size]
         images = [coco.load_image(i) for i in chunk]
-        prompts = [category_prompts + [ConceptPrompt(text) for text in negatives[i]] for i in chunk]
+        prompts = [
+            category_prompts
+            + [ConceptPrompt(text) for text in (*negatives.get(i, []), *retention.get(i, []))]
+            for i in chunk
+        ]
         found = predictor.predict_prompts(
             images, prompts, threshold=MIN_RESULT_SCORE, max_detections=MAX_DETECTIONS
         )
         for index, per_prompt in zip(chunk, found, strict=True):
             image_id = coco.images[index].id
-            gt = _gt_masks(coco, index)
+            gt = _gt_masks(coco, index) if categories else {}
             ious = []
-            for category, prediction in zip(coco.categories, per_prompt, strict=False):
+            for category, prediction in zip(prompted, per_prompt, strict=False):
                 for mask, box, score in zip(
                     prediction.masks, prediction.boxes, prediction.scores, strict=True
                 ):
@@ -171,9 +163,19 @@ def run_model(
                         "sweep_dice": [v[1] for v in swept],
                     }
                 )
-            for prediction in per_prompt[len(coco.categories) :]:
+            asked = len(prompted) + len(negatives.get(index, []))
+            for prediction in per_prompt[len(prompted) : asked]:
                 run.negative_scores.append(_best_score(prediction))
-            run.image_scores[image_id] = float(np.mean(ious)) if ious else 1.0
+            for prediction in per_prompt[asked:]:
+                run.answers[(image_id, prediction.prompt.text)] = [
+                    {"segmentation": encode_mask(m), "bbox": _xywh(b), "score": float(s)}
+                    for m, b, s in zip(
+                        prediction.masks, prediction.boxes, prediction.scores, strict=True
+                    )
+                    if s >= threshold
+                ]
+            if categories:
+                run.image_scores[image_id] = float(np.mean(ious)) if ious else 1.0
         progress.update(len(chunk))
     progress.close()
     run.seconds = time.perf_counter() - started
@@ -188,6 +190,8 @@ def run_sharded(
     threshold: float,
     batch_size: int,
     indices: list[int],
+    retention: dict[int, list[str]] | None = None,
+    categories: bool = True,
 ) -> ModelRun:
     """:func:`run_model`, split between the processes of a distributed launch (every N-th image
     from each rank) and gathered in image order on every process: N processes give exactly the
@@ -195,13 +199,16 @@ def run_sharded(
     from accelerate import PartialState
 
     state = PartialState()
+    options = {"retention": retention, "categories": categories}
     if state.num_processes == 1:
-        return run_model(predictor, coco, name, negatives, threshold, batch_size, indices)
+        return run_model(
+            predictor, coco, name, negatives, threshold, batch_size, indices, **options
+        )
     from accelerate.utils import gather_object
 
     mine = indices[state.process_index :: state.num_processes]
     parts = gather_object(
-        [run_model(predictor, coco, name, negatives, threshold, batch_size, mine)]
+        [run_model(predictor, coco, name, negatives, threshold, batch_size, mine, **options)]
     )
     position = {coco.images[i].id: k for k, i in enumerate(indices)}
     merged = ModelRun(
@@ -214,6 +221,7 @@ def run_sharded(
         merged.results.extend(part.results)
         merged.pairs.extend(part.pairs)
         merged.image_scores.update(part.image_scores)
+        merged.answers.update(part.answers)
     merged.results.sort(key=lambda r: position[r["image_id"]])  # stable: per image as one runs
     merged.pairs.sort(key=lambda p: position[p["image_id"]])
     merged.image_scores = dict(sorted(merged.image_scores.items(), key=lambda kv: position[kv[0]]))
@@ -221,7 +229,7 @@ def run_sharded(
     for rank, part in enumerate(parts):
         scores = iter(part.negative_scores)
         for index in indices[rank :: state.num_processes]:
-            by_image[index] = [next(scores) for _ in negatives[index]]
+            by_image[index] = [next(scores) for _ in negatives.get(index, [])]
     merged.negative_scores = [score for index in indices for score in by_image[index]]
     return merged
 
@@ -241,6 +249,11 @@ def _sweep_iou_dice(
     return values
 
 
+def _xywh(box: np.ndarray) -> list[float]:
+    x1, y1, x2, y2 = (float(v) for v in box)
+    return [x1, y1, x2 - x1, y2 - y1]
+
+
 def _best_score(prediction: PromptPrediction) -> float:
     """The prompt's highest score; -inf without predictions, so it fires at no threshold."""
     return float(prediction.scores.max()) if len(prediction.scores) else float("-inf")
@@ -251,89 +264,6 @@ def _describe(predictor: SAM3LoRAInference, name: str) -> str:
     if name == "base" or loaded.weights is None:
         return loaded.base_source
     return f"{loaded.weights} ({loaded.kind} on {loaded.base_source})"
-
-
-def _mean(values: list[float]) -> float:
-    return float(np.mean(values)) if values else float("nan")
-
-
-def compute_metrics(
-    gt: dict[str, Any], run: ModelRun, threshold: float, names: dict[int, str]
-) -> dict[str, Any]:
-    """Overall and per-category metrics of one model run."""
-    overall: dict[str, float] = {}
-    coco_stats = {}
-    for iou_type in ("segm", "bbox"):
-        stats = coco_detection_metrics(gt, run.results, iou_type)
-        coco_stats[iou_type] = stats
-        overall.update({f"{iou_type}/{k}": stats[k] for k in COCO_KEYS})
-    cgf1 = {t: cgf1_metrics(gt, run.results, t, threshold) for t in ("segm", "bbox")}
-    overall.update({k: cgf1["segm"][k] for k in CGF1_KEYS})
-    overall.update({f"bbox/{k}": cgf1["bbox"][k] for k in CGF1_KEYS})
-    sweep = threshold_sweep(gt, run, known_cgf1={threshold: cgf1["segm"]})
-    at_threshold = sweep[run.sweep_thresholds.index(threshold)]
-    for key in ("miou", "dice", "absent_fire_rate", "negative_fire_rate", "giou"):
-        overall[key] = at_threshold[key]
-
-    per_category_cgf1 = cgf1_per_category(gt, run.results, "segm", threshold)
-    per_category = {}
-    for category_id, name in names.items():
-        pairs = [p for p in run.pairs if p["category_id"] == category_id]
-        cat_cgf1 = per_category_cgf1.get(category_id, {})
-        per_category[name] = {
-            "segm/AP": coco_stats["segm"]["per_category_AP"].get(category_id, float("nan")),
-            "bbox/AP": coco_stats["bbox"]["per_category_AP"].get(category_id, float("nan")),
-            **{k: cat_cgf1.get(k, float("nan")) for k in CGF1_KEYS},
-            "miou": _mean([p["iou"] for p in pairs if p["has_gt"]]),
-            "dice": _mean([p["dice"] for p in pairs if p["has_gt"]]),
-            "absent_fire_rate": _mean([float(p["fires"]) for p in pairs if not p["has_gt"]]),
-            "images_with_gt": sum(p["has_gt"] for p in pairs),
-        }
-    best = max(sweep, key=lambda row: row["cgF1"]) if sweep else None
-    if best is not None and not best["cgF1"] > 0:
-        best = None  # no threshold finds anything: no operating point to recommend
-    return {
-        "source": run.source,
-        "overall": overall,
-        "threshold_sweep": sweep,
-        "best_threshold": None if best is None else dict(best),
-        "per_category": per_category,
-        "cgf1_segm": cgf1["segm"],
-        "cgf1_bbox": cgf1["bbox"],
-        "coco_segm_stats": {k: coco_stats["segm"][k] for k in COCO_STAT_NAMES},
-        "coco_bbox_stats": {k: coco_stats["bbox"][k] for k in COCO_STAT_NAMES},
-        "negative_prompts": len(run.negative_scores),
-        "seconds": round(run.seconds, 2),
-        "images_per_second": round(len(run.image_scores) / max(run.seconds, 1e-9), 2),
-    }
-
-
-def threshold_sweep(
-    gt: dict[str, Any], run: ModelRun, known_cgf1: dict[float, dict[str, float]] | None = None
-) -> list[dict[str, float]]:
-    """The thresholded metrics of ``run`` at each of its sweep thresholds, one row each.
-
-    ``known_cgf1`` maps thresholds to :func:`cgf1_metrics` results already computed (masks).
-    """
-    known_cgf1 = known_cgf1 or {}
-    positive = [p for p in run.pairs if p["has_gt"]]
-    absent = [p for p in run.pairs if not p["has_gt"]]
-    rows = []
-    for index, threshold in enumerate(run.sweep_thresholds):
-        cgf1 = known_cgf1.get(threshold) or cgf1_metrics(gt, run.results, "segm", threshold)
-        negative_ok = [float(s < threshold) for s in run.negative_scores]
-        rows.append(
-            {
-                "threshold": threshold,
-                **{k: cgf1[k] for k in ("cgF1", "positive_micro_F1", "IL_MCC")},
-                "giou": _mean([p["sweep_iou"][index] for p in run.pairs] + negative_ok),
-                "miou": _mean([p["sweep_iou"][index] for p in positive]),
-                "dice": _mean([p["sweep_dice"][index] for p in positive]),
-                "absent_fire_rate": _mean([float(p["best_score"] >= threshold) for p in absent]),
-                "negative_fire_rate": _mean([1.0 - ok for ok in negative_ok]),
-            }
-        )
-    return rows
 
 
 def evaluate_dataset(
@@ -348,32 +278,61 @@ def evaluate_dataset(
     max_images: int | None = None,
     base_predictor: SAM3LoRAInference | None = None,
     merge_adapter: bool = True,
+    config: Config | None = None,
 ) -> tuple[dict[str, Any], dict[str, ModelRun]]:
     """Run the predictor (and the base model) over ``coco``; returns ``(metrics, runs)``.
 
     With ``compare_base``, the base is ``base_predictor`` if given, else the predictor with its
     adapter switched off. With ``merge_adapter`` an adapter is then merged into the weights in
     memory before its own run when that is exact (:meth:`SAM3LoRAInference.merge_adapter`):
-    the same predictions, without the adapter's extra matrix products.
+    the same predictions, without the adapter's extra matrix products. With a ``config`` whose
+    ``evaluation.verify_negatives`` is on, the base model first checks each image's candidate
+    negatives (:mod:`sam3_lora.evaluation.retention`): those it finds are not negatives but
+    retention prompts (``evaluation.retention_prompts`` per image), and an adapter's retention
+    is reported.
     """
-    taken = {t.lower() for c in coco.categories for t in (c.name, c.prompt, *c.synonyms)}
-    vocabulary = [w for w in vocabulary or load_negative_vocabulary() if w.lower() not in taken]
+    from sam3_lora.evaluation.retention import (
+        base_of,
+        retention_report,
+        verification_block,
+        verify_for_evaluation,
+    )
+
+    vocabulary, _ = exclude_overlapping(
+        vocabulary or load_negative_vocabulary(), category_texts(coco.categories)
+    )
     indices = list(range(len(coco)))[:max_images]
-    negatives = {i: choose_negatives(vocabulary, negative_prompts, i) for i in indices}
     primary = "adapter" if predictor.loaded.weights is not None else "base"
+    check = None
+    if config is not None and config.evaluation.verify_negatives and negative_prompts:
+        check = verify_for_evaluation(config, predictor, base_predictor, coco, vocabulary, indices)
+    retention: dict[int, list[str]] = {}
+    if check is None:
+        negatives = {i: choose_negatives(vocabulary, negative_prompts, i) for i in indices}
+    else:
+        ids = {i: coco.images[i].id for i in indices}
+        negatives = {
+            i: choose_negatives(check.negatives(ids[i]), negative_prompts, i) for i in indices
+        }
+        count = config.evaluation.retention_prompts if primary == "adapter" else 0
+        retention = {i: check.present(ids[i])[:count] for i in indices if count}
+        retention = {i: concepts for i, concepts in retention.items() if concepts}
     runs: dict[str, ModelRun] = {}
-    if compare_base and primary == "adapter":
-        if base_predictor is not None:
-            runs["base"] = run_sharded(
-                base_predictor, coco, "base", negatives, threshold, batch_size, indices
-            )
-        elif predictor.has_adapter:
-            with predictor.adapter_disabled():
+    base, context = base_of(predictor, base_predictor) if primary == "adapter" else (None, None)
+    if base is not None and (compare_base or retention):
+        with context:
+            if compare_base:
                 runs["base"] = run_sharded(
-                    predictor, coco, "base", negatives, threshold, batch_size, indices
+                    base, coco, "base", negatives, threshold, batch_size, indices, retention
+                )
+            else:  # the base model's answers to the retention prompts only
+                runs["base-retention"] = run_sharded(
+                    base, coco, "base", {}, threshold, batch_size, list(retention), retention, False
                 )
     merged = merge_adapter and predictor.merge_adapter()
-    runs[primary] = run_sharded(predictor, coco, primary, negatives, threshold, batch_size, indices)
+    runs[primary] = run_sharded(
+        predictor, coco, primary, negatives, threshold, batch_size, indices, retention
+    )
     gt = scored_ground_truth(coco, max_images)
     names = {c.id: c.name for c in coco.categories}
     metrics: dict[str, Any] = {
@@ -384,14 +343,27 @@ def evaluate_dataset(
         "score_threshold": threshold,
         "mask_threshold": predictor.mask_threshold,
         "adapter_merged_in_memory": bool(merged),
-        "models": {name: compute_metrics(gt, run, threshold, names) for name, run in runs.items()},
+        "models": {
+            name: compute_metrics(gt, run, threshold, names)
+            for name, run in runs.items()
+            if name != "base-retention"
+        },
     }
-    if "base" in runs and "adapter" in runs:
-        base, adapted = (
+    if check is not None:
+        metrics["negative_verification"] = verification_block(check)
+    base_answers = runs.get("base") or runs.get("base-retention")
+    if retention and base_answers is not None:
+        report = retention_report(base_answers, runs["adapter"], coco, retention)
+        metrics["retention"] = report
+        for name, block in metrics["models"].items():
+            for key in ("retention", "retention_iou"):
+                block["overall"][key] = report[key] if name == "adapter" else float("nan")
+    if "base" in metrics["models"] and "adapter" in metrics["models"]:
+        base_overall, adapted = (
             metrics["models"]["base"]["overall"],
             metrics["models"]["adapter"]["overall"],
         )
-        metrics["difference"] = {k: adapted[k] - base[k] for k in adapted}
+        metrics["difference"] = {k: adapted[k] - base_overall[k] for k in adapted}
     return metrics, runs
 
 
@@ -420,6 +392,7 @@ def evaluate_from_config(
     from accelerate import PartialState
 
     from sam3_lora.evaluation.report import comparison_tables, render_gallery, write_reports
+    from sam3_lora.evaluation.retention import render_retention_gallery
 
     state = PartialState()  # a distributed launch splits the images (see run_sharded)
     device = state.device if state.num_processes > 1 else None
@@ -435,7 +408,8 @@ def evaluate_from_config(
         batch_size=evaluation.batch_size,
     )
     base_predictor = None
-    if compare_base and adapter_dir is not None and not predictor.has_adapter:
+    needs_base = compare_base or evaluation.verify_negatives  # verification and retention
+    if needs_base and adapter_dir is not None and not predictor.has_adapter:
         base_predictor = SAM3LoRAInference(config, device=device, batch_size=evaluation.batch_size)
     metrics, runs = evaluate_dataset(
         predictor,
@@ -449,15 +423,20 @@ def evaluate_from_config(
         batch_size=evaluation.batch_size,
         max_images=max_images,
         base_predictor=base_predictor,
+        config=config,
     )
     metrics["split"] = split
     output = Path(output_dir) if output_dir else Path(config.output.output_dir) / f"eval-{split}"
     metrics["output_dir"] = str(output)
     if not state.is_main_process:  # every process has the gathered metrics; one writes
         return metrics
-    scored = write_scored_files(metrics, runs, coco, output, max_images)
-    gallery = render_gallery(coco, runs, evaluation.score_threshold, gallery_size)
-    files = {**scored, **write_reports(metrics, gallery, output)}
+    scored_runs = {name: run for name, run in runs.items() if name != "base-retention"}
+    scored = write_scored_files(metrics, scored_runs, coco, output, max_images)
+    gallery = render_gallery(coco, scored_runs, evaluation.score_threshold, gallery_size)
+    lost = []
+    if "retention" in metrics:
+        lost = render_retention_gallery(coco, runs, metrics["retention"], gallery_size)
+    files = {**scored, **write_reports(metrics, gallery, output, lost)}
     for table in comparison_tables(metrics):
         console.print(table)
     console.print(f"[green]reports[/green] written to {output} ({', '.join(sorted(files))})")
@@ -465,58 +444,22 @@ def evaluate_from_config(
     return metrics
 
 
-#: The files ``evaluate`` scored, written beside ``metrics.json`` so any COCO tool can re-score.
-GROUND_TRUTH_FILE = "ground_truth.coco.json"
-PREDICTIONS_FILE = "predictions.coco.json"
-BASE_PREDICTIONS_FILE = "predictions.base.coco.json"
-
-
-def write_scored_files(
-    metrics: dict[str, Any],
-    runs: dict[str, ModelRun],
-    coco: CocoDataset,
-    output: Path,
-    max_images: int | None = None,
-) -> dict[str, Path]:
-    """Write the ground truth scored against and each model's COCO results; name them (and
-    the metric vocabulary) in ``metrics``.
-
-    ``predictions.coco.json`` holds the evaluated model's results (the adapter's, or the base
-    model's alone), ``predictions.base.coco.json`` the base model's when it was compared. Both
-    are pycocotools ``loadRes`` lists (RLE masks, xywh boxes, score = detection x presence, at
-    most 100 per image and prompt, score >= 0.01) over ``ground_truth.coco.json``: the split as
-    scored (box-only objects carry their box as polygon; ``--max_images`` applied).
-    """
-    from sam3_lora.data.jsonio import write_json
-
-    files = {
-        GROUND_TRUTH_FILE: write_json(
-            output / GROUND_TRUTH_FILE, scored_ground_truth(coco, max_images)
-        )
-    }
-    predictions = {}
-    for name, run in runs.items():
-        file = PREDICTIONS_FILE if name != "base" or len(runs) == 1 else BASE_PREDICTIONS_FILE
-        files[file] = write_json(output / file, run.results)
-        predictions[name] = file
-    metrics["ground_truth_file"] = GROUND_TRUTH_FILE
-    metrics["source_annotations"] = str(coco.annotation_file)
-    metrics["prediction_files"] = predictions
-    metrics["metric_descriptions"] = dict(METRICS)
-    return files
-
-
-def scored_ground_truth(coco: CocoDataset, max_images: int | None = None) -> dict[str, Any]:
-    """The ground truth the metrics use: :func:`ground_truth_dict` of the first ``max_images``."""
-    gt = ground_truth_dict(coco)
-    if max_images is not None:
-        kept = {coco.images[i].id for i in range(min(max_images, len(coco)))}
-        gt["images"] = [image for image in gt["images"] if image["id"] in kept]
-        gt["annotations"] = [a for a in gt["annotations"] if a["image_id"] in kept]
-    return gt
-
-
-def decode_result(result: dict[str, Any]) -> np.ndarray:
-    """The bool mask of a COCO result written by :func:`run_model`."""
-    segmentation = result["segmentation"]
-    return decode_rle({"size": segmentation["size"], "counts": segmentation["counts"].encode()})
+__all__ = [
+    "BASE_PREDICTIONS_FILE",
+    "CGF1_KEYS",
+    "COCO_KEYS",
+    "GROUND_TRUTH_FILE",
+    "PREDICTIONS_FILE",
+    "ModelRun",
+    "choose_negatives",
+    "compute_metrics",
+    "decode_result",
+    "evaluate_dataset",
+    "evaluate_from_config",
+    "ground_truth_dict",
+    "run_model",
+    "run_sharded",
+    "scored_ground_truth",
+    "threshold_sweep",
+    "write_scored_files",
+]

@@ -43,6 +43,11 @@ METRICS: dict[str, str] = {
     "a mask",
     "presence_accuracy": "share of prompts whose presence logit (> 0) says correctly whether the "
     "concept is in the image",
+    "retention": "share of the base model's detections (score >= threshold) on concepts outside "
+    "the dataset that it finds on the image (the verified vocabulary) which the adapter still "
+    "finds: an adapter detection of the same prompt at mask IoU >= 0.5 (base vs itself: 1)",
+    "retention_iou": "mean IoU between the union of the base model's masks and the union of the "
+    "adapter's on those (image, concept) pairs",
     "prompts": "number of (image, prompt) pairs scored (SAM2: instances prompted)",
     "loss": "the training loss on the validation data (its terms as loss_<term>)",
 }

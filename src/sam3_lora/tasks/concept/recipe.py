@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 
 import torch
+from peft import PeftModel
 
 from sam3_lora.config import Config
+from sam3_lora.data.negative_cache import NegativeCheck
 from sam3_lora.data.sources import resolve_data_splits
 from sam3_lora.data.transforms import build_transforms
 from sam3_lora.data.vocabulary import load_negative_vocabulary
@@ -17,6 +19,7 @@ from sam3_lora.tasks.concept.feature_cache import VisionFeatureCache
 from sam3_lora.tasks.concept.finetune import describe_mode, group_builder, prepare_network
 from sam3_lora.tasks.concept.loss import LossWeights, Sam3ConceptLoss
 from sam3_lora.tasks.concept.module import ConceptModel
+from sam3_lora.tasks.concept.negatives import verify_negatives
 from sam3_lora.tasks.concept.samples import ConceptDataset
 from sam3_lora.tasks.concept.spec import PIXEL_MEAN, PIXEL_STD
 from sam3_lora.tasks.concept.task import ConceptTask
@@ -127,14 +130,63 @@ def build_concept_task(config: Config, loaded: LoadedModel) -> ConceptTask:
     )
 
 
+def verify_dataset_negatives(
+    config: Config,
+    loaded: LoadedModel,
+    resolution: int,
+    datasets: list[ConceptDataset],
+    draw: bool = True,
+) -> list[NegativeCheck]:
+    """The base model checks each dataset's candidate negatives (cached); with ``draw`` each
+    dataset then draws an image's negatives among its verified ones only. Run before the
+    adapter is injected."""
+    data = config.data
+    model = ConceptModel(loaded.model, loaded.processor.tokenizer)
+    checks = []
+    for dataset in datasets:
+        check = verify_negatives(
+            dataset.coco,
+            model,
+            dataset.negative_vocabulary,
+            resolution=resolution,
+            pool_size=data.negative_verify_pool,
+            seed=config.training.seed,
+            threshold=data.negative_verify_threshold,
+            batch_size=config.evaluation.batch_size,
+            num_workers=config.training.num_workers,
+            model_name=config.model.name_or_path,
+            timeout_s=config.training.distributed_timeout_s,
+        )
+        if draw:
+            dataset.set_negative_candidates([check.negatives(i.id) for i in dataset.coco.images])
+        logger.info("%s", check.summary())
+        checks.append(check)
+    return checks
+
+
 def build_concept_recipe(config: Config, loaded: LoadedModel) -> TaskRecipe:
-    """The concept task and its datasets for ``sam3-lora train``."""
-    task = build_concept_task(config, loaded)
+    """The concept task and its datasets for ``sam3-lora train``: with ``data.verify_negatives``
+    the base model verifies the negatives first; when the task trains an adapter, validation
+    also prompts the concepts the base finds on each image (retention, ``val/retention``)."""
     resolution = model_resolution(loaded, config)
     train, valid = build_concept_datasets(config, resolution)
+    verify = config.data.verify_negatives and config.data.num_negative_prompts > 0
+    retention = config.evaluation.retention_prompts
+    checked = [train] if verify else []
+    if valid is not None and (verify or retention):
+        checked.append(valid)
+    checks = verify_dataset_negatives(config, loaded, resolution, checked, draw=verify)
+    task = build_concept_task(config, loaded)
+    if retention and valid is not None and isinstance(task.network, PeftModel):
+        check = checks[-1]  # the base to compare with: the adapter disabled
+        valid.set_retention_prompts([check.present(i.id)[:retention] for i in valid.coco.images])
     description = (
         f"{describe_mode(config)}; {len(train)} training images, "
         f"{len(valid) if valid else 0} validation images, "
         f"{len(train.coco.categories)} categories, resolution {resolution}"
     )
+    for check, dataset in zip(checks, checked, strict=True):
+        split = "training" if dataset is train else "validation"
+        timing = "cached" if check.from_cache else f"{check.seconds:.1f} s"
+        description += f"\n{split} {check.summary()} [{timing}]"
     return TaskRecipe(task, train, valid, description)

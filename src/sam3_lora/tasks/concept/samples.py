@@ -9,7 +9,14 @@ sampled).
 should find nothing; fine-tuned that way, SAM3 learns to fire on any prompt. So each image also
 gets ``num_negative_prompts`` prompts drawn from a vocabulary of other concepts (the built-in
 ``resources/negative_prompts.txt`` or a user file, :mod:`sam3_lora.data.vocabulary`), with no
-targets. Concepts that match a dataset category, prompt or synonym are never drawn.
+targets. Concepts that share a word with a dataset category, prompt or synonym are never drawn
+(:func:`sam3_lora.data.vocabulary.exclude_overlapping`). With ``data.verify_negatives`` each image
+draws only among the candidates the base model did not find on it
+(:mod:`sam3_lora.tasks.concept.negatives`, :meth:`ConceptDataset.set_negative_candidates`).
+
+**Retention prompts** (validation): concepts outside the dataset that the base model finds on an
+image (:meth:`ConceptDataset.set_retention_prompts`), with category id ``RETENTION_PROMPT_ID``
+and no targets; the task compares the adapter's answers on them with the base model's.
 """
 
 from __future__ import annotations
@@ -23,13 +30,19 @@ from torch.utils.data import Dataset
 
 from sam3_lora.data.coco import CocoDataset
 from sam3_lora.data.transforms import SampleTransform
-from sam3_lora.data.vocabulary import load_negative_vocabulary
+from sam3_lora.data.vocabulary import (
+    category_texts,
+    exclude_overlapping,
+    load_negative_vocabulary,
+)
 from sam3_lora.errors import DatasetError
 
 logger = logging.getLogger(__name__)
 
 #: ``prompt_category_ids`` value of a hard-negative prompt.
 NEGATIVE_PROMPT_ID = -1
+#: ``prompt_category_ids`` value of a retention prompt (a concept the base model finds).
+RETENTION_PROMPT_ID = -2
 #: transformers' label of a padding slot in ``input_boxes_labels``.
 BOX_PADDING_LABEL = -10
 
@@ -98,6 +111,31 @@ class ConceptBatch:
             return torch.zeros(self.num_prompts, dtype=torch.bool, device=self.pixel_values.device)
         return (self.input_boxes_labels != BOX_PADDING_LABEL).any(dim=1)
 
+    def select_prompts(self, rows: list[int]) -> ConceptBatch:
+        """The batch of the prompts ``rows`` only (and of the images they are on)."""
+        images = sorted({int(self.prompt_image_index[r]) for r in rows})
+        position = {image: k for k, image in enumerate(images)}
+        index = torch.tensor(rows, dtype=torch.long, device=self.prompt_image_index.device)
+
+        def take(value: torch.Tensor | None) -> torch.Tensor | None:
+            return None if value is None else value[index.to(value.device)]
+
+        return ConceptBatch(
+            pixel_values=self.pixel_values[torch.tensor(images, dtype=torch.long)],
+            prompt_image_index=torch.tensor(
+                [position[int(self.prompt_image_index[r])] for r in rows],
+                dtype=torch.long,
+                device=self.prompt_image_index.device,
+            ),
+            prompts=[self.prompts[r] for r in rows],
+            prompt_category_ids=[self.prompt_category_ids[r] for r in rows],
+            target_boxes=[self.target_boxes[r] for r in rows] if self.target_boxes else [],
+            target_masks=[self.target_masks[r] for r in rows] if self.target_masks else [],
+            image_indices=[self.image_indices[i] for i in images],
+            input_boxes=take(self.input_boxes),
+            input_boxes_labels=take(self.input_boxes_labels),
+        )
+
     def to(self, device: torch.device | str) -> ConceptBatch:
         def move(value: torch.Tensor | None) -> torch.Tensor | None:
             return None if value is None else value.to(device, non_blocking=True)
@@ -163,20 +201,37 @@ class ConceptDataset(Dataset[ConceptSample]):
         self.seed = seed
         self.epoch = 0
         vocabulary = negative_vocabulary or load_negative_vocabulary()
-        taken = {
-            text.lower()
-            for category in coco.categories
-            for text in (category.name, category.prompt, *category.synonyms)
-        }
-        self.negative_vocabulary = [w for w in vocabulary if w.lower() not in taken]
+        self.negative_vocabulary, self.excluded_negatives = exclude_overlapping(
+            vocabulary, category_texts(coco.categories)
+        )
+        if self.excluded_negatives and num_negative_prompts:
+            logger.info(
+                "negative prompts left out (a word in common with a category): %s",
+                ", ".join(f"{k} ({v})" for k, v in self.excluded_negatives.items()),
+            )
         if num_negative_prompts and not self.negative_vocabulary:
             raise DatasetError(
-                "every negative prompt matches a dataset category; give data.negative_prompts "
-                "other concepts or set data.num_negative_prompts: 0"
+                "every negative prompt shares a word with a dataset category; give "
+                "data.negative_prompts other concepts or set data.num_negative_prompts: 0"
             )
+        self.negative_candidates: list[list[str]] | None = None
+        self.retention_prompts: list[list[str]] | None = None
 
     def __len__(self) -> int:
         return len(self.coco)
+
+    def set_negative_candidates(self, per_image: list[list[str]] | None) -> None:
+        """Draw image ``i``'s negatives among ``per_image[i]`` only (the verified ones);
+        None: among the whole vocabulary."""
+        if per_image is not None and len(per_image) != len(self):
+            raise ValueError(f"{len(per_image)} candidate lists for {len(self)} images")
+        self.negative_candidates = per_image
+
+    def set_retention_prompts(self, per_image: list[list[str]] | None) -> None:
+        """Add ``per_image[i]`` to image ``i``'s prompts as retention prompts (no targets)."""
+        if per_image is not None and len(per_image) != len(self):
+            raise ValueError(f"{len(per_image)} retention lists for {len(self)} images")
+        self.retention_prompts = per_image
 
     def set_epoch(self, epoch: int) -> None:
         """Change the augmentation / prompt sampling of every sample (call once per epoch)."""
@@ -215,7 +270,8 @@ class ConceptDataset(Dataset[ConceptSample]):
             target_boxes.append(_xyxy_to_cxcywh(sample.boxes_xyxy[selected], size))
             target_masks.append(sample.masks[selected])
         negatives = self._choose_negatives(rng, index)
-        for text in negatives:
+        retained = self.retention_prompts[index] if self.retention_prompts else []
+        for text in (*negatives, *retained):
             prompts.append(text)
             target_boxes.append(torch.zeros((0, 4)))
             target_masks.append(torch.zeros((0, size, size), dtype=torch.bool))
@@ -223,7 +279,11 @@ class ConceptDataset(Dataset[ConceptSample]):
             image_index=index,
             pixel_values=sample.pixel_values,
             prompts=prompts,
-            prompt_category_ids=[*category_ids, *[NEGATIVE_PROMPT_ID] * len(negatives)],
+            prompt_category_ids=[
+                *category_ids,
+                *[NEGATIVE_PROMPT_ID] * len(negatives),
+                *[RETENTION_PROMPT_ID] * len(retained),
+            ],
             target_boxes=target_boxes,
             target_masks=target_masks,
         )
@@ -244,15 +304,18 @@ class ConceptDataset(Dataset[ConceptSample]):
         return present + absent[:room]
 
     def _choose_negatives(self, rng: np.random.Generator, index: int) -> list[str]:
-        count = min(self.num_negative_prompts, len(self.negative_vocabulary))
+        pool = self.negative_vocabulary
+        if self.negative_candidates is not None:
+            pool = self.negative_candidates[index]
+        count = min(self.num_negative_prompts, len(pool))
         if not count:
             return []
         if self.train:
-            picked = rng.choice(len(self.negative_vocabulary), size=count, replace=False)
+            picked = rng.choice(len(pool), size=count, replace=False)
         else:  # a fixed, spread-out selection so validation is comparable across runs
-            start = (index * count) % len(self.negative_vocabulary)
-            picked = [(start + k) % len(self.negative_vocabulary) for k in range(count)]
-        return [self.negative_vocabulary[i] for i in picked]
+            start = (index * count) % len(pool)
+            picked = [(start + k) % len(pool) for k in range(count)]
+        return [pool[i] for i in picked]
 
 
 def _instance_mask(instance: object, height: int, width: int) -> np.ndarray:

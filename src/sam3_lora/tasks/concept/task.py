@@ -17,8 +17,18 @@ from sam3_lora.lora import load_adapter_weights_strict, save_lora_weights
 from sam3_lora.models import load_model_weights_strict
 from sam3_lora.tasks.concept.loss import ConceptOutputs, PromptTarget, Sam3ConceptLoss
 from sam3_lora.tasks.concept.module import ConceptModel, select_prompts
-from sam3_lora.tasks.concept.samples import ConceptBatch, ConceptSample, collate_concept_samples
-from sam3_lora.tasks.concept.validation import prompt_statistics, summarize_validation
+from sam3_lora.tasks.concept.samples import (
+    RETENTION_PROMPT_ID,
+    ConceptBatch,
+    ConceptSample,
+    collate_concept_samples,
+)
+from sam3_lora.tasks.concept.validation import (
+    RETENTION_KEYS,
+    prompt_statistics,
+    retention_statistics,
+    summarize_validation,
+)
 
 
 class ConceptTask:
@@ -67,9 +77,16 @@ class ConceptTask:
     def validation_statistics(
         self, outputs: ConceptOutputs, batch: ConceptBatch
     ) -> dict[str, Tensor]:
-        """Per-prompt statistics (see :func:`prompt_statistics`) and the loss terms of each
+        """Per-prompt statistics (see :func:`prompt_statistics`), the loss terms of each
         image on its own (so the validation loss depends neither on the batch size nor on the
-        number of processes)."""
+        number of processes) and, for the retention prompts, the base model's answers against
+        the adapter's (:meth:`retention`); retention prompts count in nothing else."""
+        retained = [r for r, c in enumerate(batch.prompt_category_ids) if c == RETENTION_PROMPT_ID]
+        retention = self.retention(outputs, batch, retained)
+        if retained:
+            rows = [r for r, c in enumerate(batch.prompt_category_ids) if c != RETENTION_PROMPT_ID]
+            outputs = select_prompts(outputs, torch.tensor(rows, device=outputs.logits.device))
+            batch = batch.select_prompts(rows)
         statistics = prompt_statistics(outputs, batch, self.score_threshold, self.mask_threshold)
         per_image = []
         for image in range(batch.num_images):
@@ -82,7 +99,24 @@ class ConceptTask:
         statistics.update(
             {f"loss/{k}": torch.stack([p[k].detach() for p in per_image]) for k in per_image[0]}
         )
+        statistics.update(retention)
         return statistics
+
+    @torch.no_grad()
+    def retention(
+        self, outputs: ConceptOutputs, batch: ConceptBatch, rows: list[int]
+    ) -> dict[str, Tensor]:
+        """Retention statistics of the prompts ``rows`` (:func:`retention_statistics`): the
+        adapter's outputs against the base model's, run here with the adapter disabled. Empty
+        without such prompts or without an adapter to disable."""
+        if not rows or not isinstance(self.network, PeftModel):
+            return {key: torch.zeros(0) for key in RETENTION_KEYS}
+        subset = batch.select_prompts(rows)
+        with self.network.disable_adapter():
+            base = self.model(subset)
+        adapted = select_prompts(outputs, torch.tensor(rows, device=outputs.logits.device))
+        size = batch.pixel_values.shape[-2:]
+        return retention_statistics(base, adapted, size, self.score_threshold, self.mask_threshold)
 
     def summarize_validation(self, steps: list[dict[str, Tensor]]) -> dict[str, float]:
         return summarize_validation(steps)

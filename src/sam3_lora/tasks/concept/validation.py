@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from sam3_lora.evaluation.metrics.retention import count_kept, summarize_retention
 from sam3_lora.tasks.concept.loss import ConceptOutputs
 from sam3_lora.tasks.concept.samples import NEGATIVE_PROMPT_ID, ConceptBatch
 
@@ -78,16 +79,65 @@ def prompt_statistics(
     }
 
 
+#: Keys of the per-retention-prompt statistics (their own length, not the prompts').
+RETENTION_KEYS = ("retention/base", "retention/kept", "retention/iou")
+
+
+@torch.no_grad()
+def retention_statistics(
+    base: ConceptOutputs,
+    adapted: ConceptOutputs,
+    size: torch.Size | tuple[int, int],
+    score_threshold: float = 0.5,
+    mask_threshold: float = 0.5,
+) -> dict[str, Tensor]:
+    """Per retention prompt (the same R prompts in ``base`` and ``adapted``): the base's
+    detections (score >= ``score_threshold``, empty masks left out), how many the adapter keeps
+    (a detection of its own at mask IoU >= 0.5, one-to-one) and the IoU of the two unions of
+    masks, at ``size``.
+
+    Returns:
+        ``retention/base``, ``retention/kept``, ``retention/iou``: float tensors [R].
+    """
+    counts, kept, ious = [], [], []
+    for prompt in range(base.logits.shape[1]):
+        masks = []
+        for outputs in (base, adapted):
+            logits, presence = outputs.logits[-1, prompt], outputs.presence_logits[-1, prompt]
+            scores = logits.float().sigmoid() * presence.float().sigmoid()  # [Q]
+            order = torch.argsort(scores, descending=True)
+            order = order[scores[order] >= score_threshold]
+            found = torch.zeros((0, *size), dtype=torch.bool, device=scores.device)
+            if len(order):
+                found = binary_masks(outputs.masks[prompt, order], size, mask_threshold)
+            masks.append(found[found.flatten(1).any(1)])  # an empty mask has nothing to keep
+        base_masks, adapted_masks = (m.flatten(1).float() for m in masks)
+        overlap = base_masks @ adapted_masks.T
+        union = base_masks.sum(1)[:, None] + adapted_masks.sum(1)[None, :] - overlap
+        iou = (overlap / union.clamp(min=1)).cpu().numpy()
+        counts.append(float(len(base_masks)))
+        kept.append(float(count_kept(iou)))
+        base_union, adapted_union = (m.any(0) for m in masks)
+        joint = (base_union | adapted_union).sum()
+        ious.append(float((base_union & adapted_union).sum() / joint) if joint else 1.0)
+    return {
+        key: torch.tensor(values, dtype=torch.float32)
+        for key, values in zip(RETENTION_KEYS, (counts, kept, ious), strict=True)
+    }
+
+
 def summarize_validation(steps: list[dict[str, Tensor]]) -> dict[str, float]:
     """Aggregate :func:`prompt_statistics` (plus ``loss/<term>`` entries) into ``val/*``.
 
     ``miou`` / ``dice`` / ``recall_prompts`` / ``top1_iou`` average the prompts with targets;
     ``absent_fire_rate`` the dataset categories without targets, ``negative_fire_rate`` the
-    hard negatives; ``giou`` all prompts.
+    hard negatives; ``giou`` all prompts; ``retention`` / ``retention_iou`` the retention
+    prompts (:func:`retention_statistics`), when the base model found something on them.
     """
     if not steps:
         return {}
     merged = {key: torch.cat([s[key].reshape(-1).float().cpu() for s in steps]) for key in steps[0]}
+    retention = {key: merged.pop(key) for key in RETENTION_KEYS if key in merged}
     has_target = merged["has_target"].bool()
     negative = merged["is_negative"].bool()
     absent = ~has_target & ~negative
@@ -108,4 +158,11 @@ def summarize_validation(steps: list[dict[str, Tensor]]) -> dict[str, float]:
     metrics["val/giou"] = merged["iou"].mean().item()
     metrics["val/presence_accuracy"] = merged["presence_correct"].mean().item()
     metrics["val/prompts"] = float(len(has_target))
+    if retention and len(retention["retention/base"]):
+        summary = summarize_retention(
+            zip(*(retention[key].tolist() for key in RETENTION_KEYS), strict=True)
+        )
+        if summary["retention_detections"]:
+            metrics["val/retention"] = summary["retention"]
+            metrics["val/retention_iou"] = summary["retention_iou"]
     return metrics

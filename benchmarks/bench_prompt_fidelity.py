@@ -1,0 +1,228 @@
+"""Prompt fidelity on the tiny SAM3: retention with and without verified negatives, and what the
+verification pass costs next to the quick start.
+
+``retention``: the tiny SAM3 knows circle, rectangle and triangle. It is adapted on plain shapes
+where only circles are annotated (rectangles and triangles are drawn, unannotated, and their names
+are in the negative vocabulary), once with ``data.verify_negatives`` and once without; both
+adapters are then evaluated on the validation images (negatives verified, retention prompts: the
+concepts outside the dataset the base finds there).
+
+``cost``: the verification pass on the quick start's data (1,000 + 50 images, the built-in
+vocabulary), fresh and from its cache, and the quick start's first validation with verification
+on and off; with ``--full`` also the whole quick start, timed end to end.
+
+    python benchmarks/bench_prompt_fidelity.py retention --steps 300
+    python benchmarks/bench_prompt_fidelity.py cost --full
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from sam3_lora.config import Config, load_config
+from sam3_lora.data.subset import keep_categories
+from sam3_lora.data.synthetic import generate_shapes_dataset
+from sam3_lora.training import SAM3TrainerNative
+
+console = Console()
+VOCABULARY = ("rectangle", "triangle", "person", "car", "tree", "dog")
+TINY_THRESHOLD = 0.3  # the tiny SAM3's operating point (docs/tiny-sam3.md)
+
+
+def circles_dataset(work: Path, num_train: int, num_val: int) -> tuple[Path, Path]:
+    """Plain shapes with circles annotated only, and the vocabulary file."""
+    full = work / "shapes-plain"
+    if not (full / "valid" / "_annotations.coco.json").is_file():
+        generate_shapes_dataset(full, num_train=num_train, num_val=num_val, seed=5)
+    for split in ("train", "valid"):
+        keep_categories(full / split, ["circle"], work / "circles" / split)
+    vocabulary = work / "vocabulary.txt"
+    vocabulary.write_text("\n".join(VOCABULARY) + "\n")
+    return work / "circles", vocabulary
+
+
+def retention_config(work: Path, name: str, steps: int, verify: bool, **extra: Any) -> Config:
+    circles, vocabulary = work / "circles", work / "vocabulary.txt"
+    return load_config(
+        "quickstart",
+        {
+            "data.synthetic": None,
+            "data.train": str(circles / "train"),
+            "data.valid": str(circles / "valid"),
+            "data.negative_prompts": str(vocabulary),
+            "data.verify_negatives": verify,
+            "data.negative_verify_threshold": TINY_THRESHOLD,
+            "training.max_steps": steps,
+            "training.eval_steps": steps,
+            "training.save_steps": steps,
+            "training.warmup_steps": min(30, steps // 10),
+            "output.output_dir": str(work / name),
+            "output.tensorboard": False,
+            **extra,
+        },
+    )
+
+
+def run_retention(args: argparse.Namespace) -> None:
+    from sam3_lora.evaluation.runner import evaluate_from_config
+
+    work = Path(args.work)
+    circles_dataset(work, args.num_train, args.num_val)
+    variants = [("verified", True, {}), ("unverified", False, {})]
+    if args.text_encoder_off:
+        variants.append(("unverified, no text LoRA", False, {"lora.apply_to_text_encoder": False}))
+    rows = []
+    for name, verify, extra in variants:
+        folder = name.replace(", ", "-").replace(" ", "-")
+        config = retention_config(work, folder, args.steps, verify, **extra)
+        shutil.rmtree(config.output.output_dir, ignore_errors=True)
+        started = time.perf_counter()
+        summary = SAM3TrainerNative(config).train()
+        seconds = time.perf_counter() - started
+        evaluated = evaluate_from_config(
+            retention_config(work, folder, args.steps, True, **extra),
+            Path(config.output.output_dir) / "final",
+            compare_base=True,
+            output_dir=Path(config.output.output_dir) / "eval",
+            gallery_size=4,
+            console=Console(quiet=True),
+        )
+        adapter = evaluated["models"]["adapter"]["overall"]
+        base = evaluated["models"]["base"]["overall"]
+        final = summary["final_metrics"]
+        rows.append(
+            {
+                "run": name,
+                "train s": round(seconds, 1),
+                "val/retention": final.get("val/retention"),
+                "val/retention_iou": final.get("val/retention_iou"),
+                "retention": evaluated["retention"]["retention"],
+                "retention_iou": evaluated["retention"]["retention_iou"],
+                **{
+                    f"{c} kept": v["retention"]
+                    for c, v in sorted(evaluated["retention"]["per_concept"].items())
+                },
+                "circle miou base": base["miou"],
+                "circle miou adapter": adapter["miou"],
+                "cgF1 base": base["cgF1"],
+                "cgF1 adapter": adapter["cgF1"],
+                "negative_fire_rate": adapter["negative_fire_rate"],
+            }
+        )
+    print_rows(rows, f"retention after {args.steps} steps (circles annotated only)")
+    (work / "retention.json").write_text(json.dumps(rows, indent=2))
+
+
+def quickstart_config(work: Path, name: str, **overrides: Any) -> Config:
+    return load_config(
+        "quickstart",
+        {
+            "data.synthetic.output_dir": str(work / "shapes-shifted"),
+            "output.output_dir": str(work / name),
+            "output.tensorboard": False,
+            **overrides,
+        },
+    )
+
+
+def run_cost(args: argparse.Namespace) -> None:
+    from sam3_lora.models import load_model
+    from sam3_lora.tasks.concept.recipe import (
+        build_concept_datasets,
+        model_resolution,
+        verify_dataset_negatives,
+    )
+
+    work = Path(args.work)
+    config = quickstart_config(work, "quickstart")
+    loaded = load_model(config.model.name_or_path)
+    resolution = model_resolution(loaded, config)
+    datasets = [d for d in build_concept_datasets(config, resolution) if d is not None]
+    for dataset in datasets:
+        shutil.rmtree(dataset.coco.annotation_file.parent / ".sam3-lora", ignore_errors=True)
+    timings = {}
+    for label in ("fresh", "cached"):
+        started = time.perf_counter()
+        checks = verify_dataset_negatives(config, loaded, resolution, datasets)
+        timings[label] = time.perf_counter() - started
+    rows = [
+        {
+            "pass": label,
+            "seconds": round(seconds, 2),
+            "images": sum(len(c.scores) for c in checks),
+            "candidates per image": config.data.negative_verify_pool,
+        }
+        for label, seconds in timings.items()
+    ]
+    for check in checks:
+        console.print(check.summary(), soft_wrap=True)
+
+    first = {}
+    for verify in (True, False):  # the first validation: the base model's numbers
+        name = f"first-validation-{'on' if verify else 'off'}"
+        overrides = {"data.verify_negatives": verify, "training.max_steps": 1}
+        trained = SAM3TrainerNative(quickstart_config(work, name, **overrides)).train()
+        first[verify] = trained["base_metrics"]
+    keys = sorted(set(first[True]) | set(first[False]))
+    table = [
+        {"metric": k, "verified": first[True].get(k), "unverified": first[False].get(k)}
+        for k in keys
+        if not k.startswith("val/loss_")
+    ]
+    print_rows(table, "quick start, first validation (base model)")
+    if args.full:
+        full = quickstart_config(work, "quickstart-full")
+        shutil.rmtree(full.output.output_dir, ignore_errors=True)
+        for dataset in datasets:  # the quick start as a first run: nothing cached yet
+            shutil.rmtree(dataset.coco.annotation_file.parent / ".sam3-lora", ignore_errors=True)
+        started = time.perf_counter()
+        summary = SAM3TrainerNative(full).train()
+        wall = time.perf_counter() - started
+        rows.append({"pass": "whole quick start (800 steps)", "seconds": round(wall, 1)})
+        rows.append({"pass": "verification / quick start", "seconds": timings["fresh"] / wall})
+        final = {k: v for k, v in summary["final_metrics"].items() if not k.startswith("val/l")}
+        console.print(json.dumps({"base": summary["base_metrics"], "final": final}, indent=1))
+    print_rows(rows, "verification pass on the quick start's data")
+    (work / "cost.json").write_text(json.dumps({"pass": rows, "first": table}, indent=2))
+
+
+def print_rows(rows: list[dict[str, Any]], title: str) -> None:
+    table = Table(title=title)
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*(_cell(row.get(c)) for c in columns))
+    console.print(table)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return "" if value is None else str(value)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("what", choices=("retention", "cost"))
+    parser.add_argument("--work", default="outputs/bench-prompt-fidelity")
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--num_train", type=int, default=400)
+    parser.add_argument("--num_val", type=int, default=50)
+    parser.add_argument("--text_encoder_off", action="store_true", help="a third run")
+    parser.add_argument("--full", action="store_true", help="cost: time the whole quick start")
+    args = parser.parse_args()
+    Path(args.work).mkdir(parents=True, exist_ok=True)
+    run_retention(args) if args.what == "retention" else run_cost(args)
+
+
+if __name__ == "__main__":
+    main()
