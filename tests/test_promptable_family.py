@@ -101,6 +101,12 @@ def test_sam2_lora_config_is_the_documented_recipe() -> None:
     )
     assert (training.patience, training.min_delta, training.seed) == (7, 1e-4, 42)
     assert training.warmup_steps > 0 and training.metric_for_best == "val/miou"
+    assert config.lora.target_modules == {
+        "image_encoder": ["attn.qkv", "attn.proj"],
+        "mask_decoder": ["q_proj", "k_proj", "v_proj", "o_proj", "mlp.proj_in", "mlp.proj_out"],
+    }
+    tracker = load_config(SAM2_LORA, {"model.family": "sam3_tracker"})
+    assert tracker.lora.target_modules["image_encoder"][0] == "attention.q_proj"
     assert load_config(SAM2_LORA, {"lora.rank": 4}).lora.rank == 4
 
 
@@ -141,8 +147,8 @@ SIZE_PARAMETERS = {
 
 @pytest.mark.parametrize("name", list(SIZE_MODELS))
 def test_lora_info_on_the_released_sizes(name: str, capsys: pytest.CaptureFixture[str]) -> None:
-    config = ["--config", str(SAM2_LORA)] if name.startswith("sam2") else []  # Hiera's targets
-    assert main(["lora-info", *config, "--model", name]) == 0
+    family = ["--family", "sam3_tracker"] if name == "sam3-tracker-size" else []
+    assert main(["lora-info", "--config", str(SAM2_LORA), *family, "--model", name]) == 0
     out = capsys.readouterr().out
     assert "image_encoder" in out and "mask_decoder" in out and "prompt_encoder" in out
     assert f"base model: {SIZE_PARAMETERS[name]} parameters" in out

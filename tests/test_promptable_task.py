@@ -93,6 +93,10 @@ def test_train_resume_and_outputs(tmp_path: Path, one_thread: None) -> None:
     second = load_file(tmp_path / "resumed" / "final" / "adapter_model.safetensors")
     assert all(torch.equal(first[k], second[k]) for k in first)
 
+    assert main(_arguments(tmp_path, "run", "--eval-only")) == 0  # final/ against the base
+    report = json.loads((run / "eval-valid" / "metrics.json").read_text())
+    assert set(report["models"]) == {"base", "adapter"}
+
 
 def test_empty_batches_and_strict_weights(tmp_path: Path, one_thread: None) -> None:
     overrides = {

@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "SAM3LoRAInference": "sam3_lora.predict.inference",
+    "SAM2LoRAInference": "sam3_lora.predict.promptable",
     "SAM3TrainerNative": "sam3_lora.training",
     "LoRAConfig": "sam3_lora.lora",
     "apply_lora_to_model": "sam3_lora.lora",

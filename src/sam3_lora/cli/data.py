@@ -63,7 +63,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     synth.add_argument("--num_train", type=int, default=200)
     synth.add_argument("--num_val", type=int, default=50)
     synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--style", choices=("plain", "shifted"), default="plain")
+    synth.add_argument(
+        "--style",
+        choices=("plain", "shifted", "steel"),
+        default="plain",
+        help="plain / shifted: coloured shapes; steel: scratches and blobs on brushed metal "
+        "(the SAM2 quick start's)",
+    )
     synth.add_argument("--image_size", type=int, default=256)
     synth.add_argument(
         "--size_range",
@@ -212,6 +218,18 @@ def _preview(args: argparse.Namespace) -> int:
 def _synth(args: argparse.Namespace) -> int:
     from sam3_lora.data.synthetic import generate_shapes_dataset
 
+    if args.style == "steel":
+        from sam3_lora.data.synthetic_steel import generate_steel_dataset
+
+        path = generate_steel_dataset(
+            args.output_dir,
+            num_train=args.num_train,
+            num_val=args.num_val,
+            seed=args.seed,
+            image_size=args.image_size,
+        )
+        console.print(f"[green]synthetic dataset[/green] written to {path}")
+        return 0
     path = generate_shapes_dataset(
         args.output_dir,
         num_train=args.num_train,

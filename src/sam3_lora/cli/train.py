@@ -52,9 +52,16 @@ def run(args: argparse.Namespace) -> int:
 
         return relaunch(args.num_gpus, without_option(args.argv, "--num_gpus"))
     if args.eval_only:
-        from sam3_lora.evaluation.runner import evaluate_from_config
+        from sam3_lora.tasks import get_spec
 
         adapter = Path(args.adapter) if args.adapter else Path(config.output.output_dir) / "final"
+        if get_spec(config.model.family).task == "promptable":
+            from sam3_lora.evaluation.promptable import evaluate_promptable_from_config
+
+            evaluate_promptable_from_config(config, adapter, compare_base=True)
+            return 0
+        from sam3_lora.evaluation.runner import evaluate_from_config
+
         evaluate_from_config(config, adapter, compare_base=True)
         return 0
     from sam3_lora.training import SAM3TrainerNative

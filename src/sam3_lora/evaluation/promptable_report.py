@@ -46,19 +46,25 @@ def overall_rows(metrics: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 
 
 def category_rows(
-    metrics: dict[str, Any], keys: tuple[str, ...] = PER_CATEGORY
+    metrics: dict[str, Any], keys: tuple[str, ...] = PER_CATEGORY, compact: bool = False
 ) -> tuple[list[str], list[list[str]]]:
-    """Per category: instances and each metric of every model side by side."""
+    """Per category: instances and each metric of every model side by side (``compact``: the
+    models' values of a metric in one cell, ``base / adapter``, for narrow consoles)."""
     models = metrics["models"]
+    names = " / ".join(models)
     header = ["category", "instances"]
     for key in keys:
-        header.extend(f"{key} ({m})" if len(models) > 1 else key for m in models)
+        if compact and len(models) > 1:
+            header.append(f"{key} ({names})")
+        else:
+            header.extend(f"{key} ({m})" if len(models) > 1 else key for m in models)
     rows = []
     first = next(iter(models.values()))["per_category"]
     for name, values in first.items():
         row = [name, str(values["instances"])]
         for key in keys:
-            row.extend(_fmt(models[m]["per_category"][name][key]) for m in models)
+            cells = [_fmt(models[m]["per_category"][name][key]) for m in models]
+            row.extend([" / ".join(cells)] if compact else cells)
         rows.append(row)
     return header, rows
 
@@ -72,7 +78,10 @@ def comparison_tables(metrics: dict[str, Any]) -> list[Table]:
     tables = []
     for (header, rows), table_title in (
         (overall_rows(metrics), title),
-        (category_rows(metrics), "per category (all numbers: report.md, instances.csv)"),
+        (
+            category_rows(metrics, compact=True),
+            "per category (all numbers: report.md, instances.csv)",
+        ),
     ):
         table = Table(title=table_title)
         for column in header:
