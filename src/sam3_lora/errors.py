@@ -32,4 +32,4 @@ class CheckpointError(Sam3LoraError):
 
 
 class PromptError(Sam3LoraError):
-    """A box or point prompt given by a user is invalid (SAM2 / SAM3 tracker prompts)."""
+    """A prompt given by a user is empty or invalid (a text, a box, a click)."""

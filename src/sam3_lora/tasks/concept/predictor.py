@@ -20,16 +20,12 @@ import torch
 from PIL import Image
 from torchvision.ops import box_convert
 
-from sam3_lora.errors import Sam3LoraError
+from sam3_lora.errors import PromptError
 from sam3_lora.tasks.concept.module import ConceptModel
 from sam3_lora.tasks.concept.samples import BOX_PADDING_LABEL, ConceptBatch
 
 #: The text SAM3 gets for a prompt made of box exemplars only (as transformers' processor does).
 VISUAL_PROMPT = "visual"
-
-
-class PromptError(Sam3LoraError):
-    """A text or box prompt is empty or malformed."""
 
 
 @dataclass(frozen=True)
