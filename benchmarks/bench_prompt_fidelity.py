@@ -8,11 +8,13 @@ adapters are then evaluated on the validation images (negatives verified, retent
 concepts outside the dataset the base finds there).
 
 ``cost``: the verification pass on the quick start's data (1,000 + 50 images, the built-in
-vocabulary), fresh and from its cache, and the quick start's first validation with verification
-on and off; with ``--full`` also the whole quick start, timed end to end.
+vocabulary), fresh and from its cache; then the quick start (its first ``--steps`` steps, or all
+800 with ``--full``) with verification on and off, timed end to end, with both runs' first and
+last validation.
 
     python benchmarks/bench_prompt_fidelity.py retention --steps 300
-    python benchmarks/bench_prompt_fidelity.py cost --full
+    python benchmarks/bench_prompt_fidelity.py retention --variants "verified, lr 1e-4"
+    python benchmarks/bench_prompt_fidelity.py cost --steps 200
 """
 
 from __future__ import annotations
@@ -35,6 +37,19 @@ from sam3_lora.training import SAM3TrainerNative
 console = Console()
 VOCABULARY = ("rectangle", "triangle", "person", "car", "tree", "dog")
 TINY_THRESHOLD = 0.3  # the tiny SAM3's operating point (docs/tiny-sam3.md)
+#: Runs of ``retention``: name -> (data.verify_negatives, other overrides of the quick start's).
+VARIANTS: dict[str, tuple[bool, dict[str, Any]]] = {
+    "verified": (True, {}),
+    "unverified": (False, {}),
+    "unverified, no text LoRA": (False, {"lora.apply_to_text_encoder": False}),
+    "verified, lr 1e-4": (True, {"training.learning_rate": 1e-4}),
+    "unverified, lr 1e-4": (False, {"training.learning_rate": 1e-4}),
+    "verified, vision + mask decoder": (
+        True,
+        {f"lora.apply_to_{c}": False for c in ("text_encoder", "detr_encoder", "detr_decoder")},
+    ),
+}
+SHOWN = ("run", "val/retention", "retention", "retention_iou", "circle miou adapter")
 
 
 def circles_dataset(work: Path, num_train: int, num_val: int) -> tuple[Path, Path]:
@@ -76,11 +91,10 @@ def run_retention(args: argparse.Namespace) -> None:
 
     work = Path(args.work)
     circles_dataset(work, args.num_train, args.num_val)
-    variants = [("verified", True, {}), ("unverified", False, {})]
-    if args.text_encoder_off:
-        variants.append(("unverified, no text LoRA", False, {"lora.apply_to_text_encoder": False}))
-    rows = []
-    for name, verify, extra in variants:
+    results = work / "retention.json"
+    rows = json.loads(results.read_text()) if results.is_file() else []
+    for name in args.variants:
+        verify, extra = VARIANTS[name]
         folder = name.replace(", ", "-").replace(" ", "-")
         config = retention_config(work, folder, args.steps, verify, **extra)
         shutil.rmtree(config.output.output_dir, ignore_errors=True)
@@ -98,6 +112,7 @@ def run_retention(args: argparse.Namespace) -> None:
         adapter = evaluated["models"]["adapter"]["overall"]
         base = evaluated["models"]["base"]["overall"]
         final = summary["final_metrics"]
+        rows = [row for row in rows if row["run"] != name]
         rows.append(
             {
                 "run": name,
@@ -117,8 +132,11 @@ def run_retention(args: argparse.Namespace) -> None:
                 "negative_fire_rate": adapter["negative_fire_rate"],
             }
         )
-    print_rows(rows, f"retention after {args.steps} steps (circles annotated only)")
-    (work / "retention.json").write_text(json.dumps(rows, indent=2))
+        results.write_text(json.dumps(rows, indent=2))
+    print_rows(
+        [{k: v for k, v in row.items() if k in SHOWN} for row in rows],
+        f"retention after {args.steps} steps (circles annotated only; all: {results})",
+    )
 
 
 def quickstart_config(work: Path, name: str, **overrides: Any) -> Config:
@@ -146,52 +164,71 @@ def run_cost(args: argparse.Namespace) -> None:
     loaded = load_model(config.model.name_or_path)
     resolution = model_resolution(loaded, config)
     datasets = [d for d in build_concept_datasets(config, resolution) if d is not None]
-    for dataset in datasets:
-        shutil.rmtree(dataset.coco.annotation_file.parent / ".sam3-lora", ignore_errors=True)
+
+    def clear_caches() -> None:
+        for dataset in datasets:
+            shutil.rmtree(dataset.coco.annotation_file.parent / ".sam3-lora", ignore_errors=True)
+
+    clear_caches()
     timings = {}
     for label in ("fresh", "cached"):
         started = time.perf_counter()
         checks = verify_dataset_negatives(config, loaded, resolution, datasets)
         timings[label] = time.perf_counter() - started
+    images = sum(len(c.scores) for c in checks)
+    pool = config.data.negative_verify_pool
     rows = [
-        {
-            "pass": label,
-            "seconds": round(seconds, 2),
-            "images": sum(len(c.scores) for c in checks),
-            "candidates per image": config.data.negative_verify_pool,
-        }
+        {"what": f"verification pass, {label} ({images} images x {pool})", "seconds": seconds}
         for label, seconds in timings.items()
     ]
     for check in checks:
         console.print(check.summary(), soft_wrap=True)
 
-    first = {}
-    for verify in (True, False):  # the first validation: the base model's numbers
-        name = f"first-validation-{'on' if verify else 'off'}"
-        overrides = {"data.verify_negatives": verify, "training.max_steps": 1}
-        trained = SAM3TrainerNative(quickstart_config(work, name, **overrides)).train()
-        first[verify] = trained["base_metrics"]
-    keys = sorted(set(first[True]) | set(first[False]))
-    table = [
-        {"metric": k, "verified": first[True].get(k), "unverified": first[False].get(k)}
-        for k in keys
-        if not k.startswith("val/loss_")
-    ]
-    print_rows(table, "quick start, first validation (base model)")
-    if args.full:
-        full = quickstart_config(work, "quickstart-full")
-        shutil.rmtree(full.output.output_dir, ignore_errors=True)
-        for dataset in datasets:  # the quick start as a first run: nothing cached yet
-            shutil.rmtree(dataset.coco.annotation_file.parent / ".sam3-lora", ignore_errors=True)
+    steps = 800 if args.full else args.steps
+    runs = {}
+    for verify in (True, False):  # the quick start (its first `steps` steps), cache cleared
+        clear_caches()
+        name = f"quickstart-{steps}-{'verified' if verify else 'unverified'}"
+        overrides = {"data.verify_negatives": verify, "training.max_steps": steps}
+        if steps < 800:  # validate at the start and the end only, as the quick start does
+            overrides.update({"training.eval_steps": steps, "training.save_steps": steps})
+        run_config = quickstart_config(work, name, **overrides)
+        shutil.rmtree(run_config.output.output_dir, ignore_errors=True)
         started = time.perf_counter()
-        summary = SAM3TrainerNative(full).train()
-        wall = time.perf_counter() - started
-        rows.append({"pass": "whole quick start (800 steps)", "seconds": round(wall, 1)})
-        rows.append({"pass": "verification / quick start", "seconds": timings["fresh"] / wall})
-        final = {k: v for k, v in summary["final_metrics"].items() if not k.startswith("val/l")}
-        console.print(json.dumps({"base": summary["base_metrics"], "final": final}, indent=1))
-    print_rows(rows, "verification pass on the quick start's data")
-    (work / "cost.json").write_text(json.dumps({"pass": rows, "first": table}, indent=2))
+        summary = SAM3TrainerNative(run_config).train()
+        runs[verify] = (time.perf_counter() - started, summary)
+    for verify, (wall, summary) in runs.items():
+        label = "verified" if verify else "unverified"
+        rows.append({"what": f"quick start, {steps} steps, {label}: wall", "seconds": wall})
+        rows.append({"what": "  of which the training loop", "seconds": summary["wall_time_s"]})
+    wall_off, summary_off = runs[False]
+    per_step = summary_off["wall_time_s"] / steps
+    estimate = wall_off + (800 - steps) * per_step
+    rows.append(
+        {"what": "quick start (800 steps), unverified: wall (estimated)", "seconds": estimate}
+    )
+    rows.append(
+        {
+            "what": "fresh pass / quick start wall (800 steps)",
+            "seconds": timings["fresh"] / estimate,
+        }
+    )
+    rows.append(
+        {"what": f"fresh pass / this {steps}-step run", "seconds": timings["fresh"] / wall_off}
+    )
+    print_rows(rows, "what negative verification costs on the quick start")
+
+    table = []
+    for stage, key in (("first", "base_metrics"), ("last", "final_metrics")):
+        on, off = runs[True][1][key], runs[False][1][key]
+        for metric in sorted(set(on) | set(off)):
+            if not metric.startswith("val/loss_"):
+                table.append(
+                    {"validation": stage, "metric": metric, "verified": on.get(metric),
+                     "unverified": off.get(metric)}
+                )  # fmt: skip
+    print_rows(table, f"quick start validation, verification on and off ({steps} steps)")
+    (work / "cost.json").write_text(json.dumps({"cost": rows, "validation": table}, indent=2))
 
 
 def print_rows(rows: list[dict[str, Any]], title: str) -> None:
@@ -217,8 +254,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--num_train", type=int, default=400)
     parser.add_argument("--num_val", type=int, default=50)
-    parser.add_argument("--text_encoder_off", action="store_true", help="a third run")
-    parser.add_argument("--full", action="store_true", help="cost: time the whole quick start")
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        choices=list(VARIANTS),
+        default=["verified", "unverified"],
+        metavar="NAME",
+        help=f"retention runs (results are merged into retention.json): {', '.join(VARIANTS)}",
+    )
+    parser.add_argument(
+        "--full", action="store_true", help="cost: the whole quick start (800 steps), not --steps"
+    )
     args = parser.parse_args()
     Path(args.work).mkdir(parents=True, exist_ok=True)
     run_retention(args) if args.what == "retention" else run_cost(args)
