@@ -87,49 +87,34 @@ def retention_config(work: Path, name: str, steps: int, verify: bool, **extra: A
 
 
 def run_retention(args: argparse.Namespace) -> None:
-    from sam3_lora.evaluation.runner import evaluate_from_config
-
     work = Path(args.work)
     circles_dataset(work, args.num_train, args.num_val)
     results = work / "retention.json"
     rows = json.loads(results.read_text()) if results.is_file() else []
     for name in args.variants:
         verify, extra = VARIANTS[name]
-        folder = name.replace(", ", "-").replace(" ", "-")
-        config = retention_config(work, folder, args.steps, verify, **extra)
-        shutil.rmtree(config.output.output_dir, ignore_errors=True)
-        started = time.perf_counter()
-        summary = SAM3TrainerNative(config).train()
-        seconds = time.perf_counter() - started
-        evaluated = evaluate_from_config(
-            retention_config(work, folder, args.steps, True, **extra),
-            Path(config.output.output_dir) / "final",
-            compare_base=True,
-            output_dir=Path(config.output.output_dir) / "eval",
-            gallery_size=4,
-            console=Console(quiet=True),
-        )
-        adapter = evaluated["models"]["adapter"]["overall"]
-        base = evaluated["models"]["base"]["overall"]
-        final = summary["final_metrics"]
+        config = retention_config(work, _folder(name), args.steps, verify, **extra)
+        final = Path(config.output.output_dir) / "final"
+        seconds = None
+        if args.rescore:  # the adapter trained before, measured with the current code
+            validation = validate_adapter(
+                retention_config(work, f"{_folder(name)}/rescore", args.steps, verify, **extra),
+                final,
+            )
+        else:
+            shutil.rmtree(config.output.output_dir, ignore_errors=True)
+            started = time.perf_counter()
+            validation = SAM3TrainerNative(config).train()["final_metrics"]
+            seconds = round(time.perf_counter() - started, 1)
+        old = next((row for row in rows if row["run"] == name), {})
         rows = [row for row in rows if row["run"] != name]
         rows.append(
             {
                 "run": name,
-                "train s": round(seconds, 1),
-                "val/retention": final.get("val/retention"),
-                "val/retention_iou": final.get("val/retention_iou"),
-                "retention": evaluated["retention"]["retention"],
-                "retention_iou": evaluated["retention"]["retention_iou"],
-                **{
-                    f"{c} kept": v["retention"]
-                    for c, v in sorted(evaluated["retention"]["per_concept"].items())
-                },
-                "circle miou base": base["miou"],
-                "circle miou adapter": adapter["miou"],
-                "cgF1 base": base["cgF1"],
-                "cgF1 adapter": adapter["cgF1"],
-                "negative_fire_rate": adapter["negative_fire_rate"],
+                "train s": seconds if seconds is not None else old.get("train s"),
+                "val/retention": validation.get("val/retention"),
+                "val/retention_iou": validation.get("val/retention_iou"),
+                **evaluate_adapter(work, name, args.steps, final),
             }
         )
         results.write_text(json.dumps(rows, indent=2))
@@ -137,6 +122,52 @@ def run_retention(args: argparse.Namespace) -> None:
         [{k: v for k, v in row.items() if k in SHOWN} for row in rows],
         f"retention after {args.steps} steps (circles annotated only; all: {results})",
     )
+
+
+def _folder(name: str) -> str:
+    return name.replace(", ", "-").replace(" ", "-")
+
+
+def validate_adapter(config: Config, final: Path) -> dict[str, float]:
+    """Training validation (``val/*``) of a saved adapter, as the trainer runs it."""
+    from sam3_lora.engine.trainer import Trainer
+    from sam3_lora.training import build_recipe
+
+    recipe = build_recipe(config)
+    recipe.task.load_weights(final)
+    trainer = Trainer(config, recipe.task, recipe.train_dataset, recipe.valid_dataset)
+    trainer.setup()
+    return trainer.evaluate()
+
+
+def evaluate_adapter(work: Path, name: str, steps: int, final: Path) -> dict[str, Any]:
+    """``evaluate --compare-base`` of an adapter (negatives verified): retention and the
+    circle metrics."""
+    from sam3_lora.evaluation.runner import evaluate_from_config
+
+    _, extra = VARIANTS[name]
+    evaluated = evaluate_from_config(
+        retention_config(work, _folder(name), steps, True, **extra),
+        final,
+        compare_base=True,
+        output_dir=final.parent / "eval",
+        gallery_size=4,
+        console=Console(quiet=True),
+    )
+    adapter = evaluated["models"]["adapter"]["overall"]
+    base = evaluated["models"]["base"]["overall"]
+    retention = evaluated["retention"]
+    return {
+        "retention": retention["retention"],
+        "retention_iou": retention["retention_iou"],
+        "base detections": retention["retention_detections"],
+        **{f"{c} kept": v["retention"] for c, v in sorted(retention["per_concept"].items())},
+        "circle miou base": base["miou"],
+        "circle miou adapter": adapter["miou"],
+        "cgF1 base": base["cgF1"],
+        "cgF1 adapter": adapter["cgF1"],
+        "negative_fire_rate": adapter["negative_fire_rate"],
+    }
 
 
 def quickstart_config(work: Path, name: str, **overrides: Any) -> Config:
@@ -261,6 +292,11 @@ def main() -> None:
         default=["verified", "unverified"],
         metavar="NAME",
         help=f"retention runs (results are merged into retention.json): {', '.join(VARIANTS)}",
+    )
+    parser.add_argument(
+        "--rescore",
+        action="store_true",
+        help="retention: measure the adapters trained before again (no training)",
     )
     parser.add_argument(
         "--full", action="store_true", help="cost: the whole quick start (800 steps), not --steps"

@@ -310,7 +310,7 @@ print("RESULT", json.dumps({"rank": state.process_index, "scored": scored,
 def test_negative_verification_is_split_between_processes(shapes: Path, tmp_path: Path) -> None:
     """Each image is checked by one process; every process gets all scores; one file."""
     split = tmp_path / "train"
-    shutil.copytree(shapes / "train", split)
+    shutil.copytree(shapes / "train", split, ignore=shutil.ignore_patterns(".sam3-lora"))
     script = tmp_path / "verify.py"
     script.write_text(VERIFY_SCRIPT)
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]

@@ -41,7 +41,8 @@ TINY_THRESHOLD = 0.3
 def test_count_kept_and_summary_known_answers() -> None:
     assert count_kept(np.eye(3)) == 3  # the base against itself
     assert count_kept(np.zeros((3, 0))) == 0  # an adapter that answers nothing
-    assert count_kept(np.array([[0.9, 0.6], [0.8, 0.1]])) == 1  # one-to-one, best first
+    assert count_kept(np.array([[0.9, 0.6], [0.8, 0.1]])) == 2
+    assert count_kept(np.array([[0.9], [0.8]])) == 2  # the base's duplicates: one answer keeps both
     assert count_kept(np.array([[0.4], [0.2]])) == 0  # below IoU 0.5: not the same object
     itself = summarize_retention([(3, 3, 1.0), (2, 2, 1.0), (0, 0, 1.0)])
     assert itself["retention"] == 1.0 and itself["retention_iou"] == 1.0

@@ -78,6 +78,53 @@ def verify_for_evaluation(
         )
 
 
+def plan_prompts(
+    config: Config | None,
+    predictor: SAM3LoRAInference,
+    base_predictor: SAM3LoRAInference | None,
+    coco: CocoDataset,
+    vocabulary: list[str],
+    indices: list[int],
+    count: int,
+) -> tuple[NegativeCheck | None, dict[int, list[str]], dict[int, list[str]]]:
+    """The base model's check (``evaluation.verify_negatives``), each image's ``count``
+    negatives (among its verified candidates when checked) and, for an adapter, its retention
+    prompts (the concepts the base found there)."""
+    from sam3_lora.evaluation.runner import choose_negatives
+
+    check = None
+    if config is not None and config.evaluation.verify_negatives and count:
+        check = verify_for_evaluation(config, predictor, base_predictor, coco, vocabulary, indices)
+    if check is None:
+        return None, {i: choose_negatives(vocabulary, count, i) for i in indices}, {}
+    ids = {i: coco.images[i].id for i in indices}
+    negatives = {i: choose_negatives(check.negatives(ids[i]), count, i) for i in indices}
+    adapter = predictor.loaded.weights is not None
+    retained = config.evaluation.retention_prompts if adapter else 0
+    retention = {i: check.present(ids[i])[:retained] for i in indices} if retained else {}
+    return check, negatives, {i: concepts for i, concepts in retention.items() if concepts}
+
+
+def add_retention(
+    metrics: dict[str, Any],
+    runs: dict[str, ModelRun],
+    coco: CocoDataset,
+    check: NegativeCheck | None,
+    retention: dict[int, list[str]],
+) -> None:
+    """Put the verification summary and the adapter's retention into ``metrics``."""
+    if check is not None:
+        metrics["negative_verification"] = verification_block(check)
+    base = runs.get("base") or runs.get("base-retention")
+    if not retention or base is None or "adapter" not in runs:
+        return
+    report = retention_report(base, runs["adapter"], coco, retention)
+    metrics["retention"] = report
+    for name, block in metrics["models"].items():
+        for key in ("retention", "retention_iou"):
+            block["overall"][key] = report[key] if name == "adapter" else float("nan")
+
+
 def _as_rle(result: dict[str, Any]) -> dict[str, Any]:
     segmentation = result["segmentation"]
     return {"size": segmentation["size"], "counts": segmentation["counts"].encode()}

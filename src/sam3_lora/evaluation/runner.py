@@ -291,32 +291,16 @@ def evaluate_dataset(
     retention prompts (``evaluation.retention_prompts`` per image), and an adapter's retention
     is reported.
     """
-    from sam3_lora.evaluation.retention import (
-        base_of,
-        retention_report,
-        verification_block,
-        verify_for_evaluation,
-    )
+    from sam3_lora.evaluation.retention import add_retention, base_of, plan_prompts
 
     vocabulary, _ = exclude_overlapping(
         vocabulary or load_negative_vocabulary(), category_texts(coco.categories)
     )
     indices = list(range(len(coco)))[:max_images]
     primary = "adapter" if predictor.loaded.weights is not None else "base"
-    check = None
-    if config is not None and config.evaluation.verify_negatives and negative_prompts:
-        check = verify_for_evaluation(config, predictor, base_predictor, coco, vocabulary, indices)
-    retention: dict[int, list[str]] = {}
-    if check is None:
-        negatives = {i: choose_negatives(vocabulary, negative_prompts, i) for i in indices}
-    else:
-        ids = {i: coco.images[i].id for i in indices}
-        negatives = {
-            i: choose_negatives(check.negatives(ids[i]), negative_prompts, i) for i in indices
-        }
-        count = config.evaluation.retention_prompts if primary == "adapter" else 0
-        retention = {i: check.present(ids[i])[:count] for i in indices if count}
-        retention = {i: concepts for i, concepts in retention.items() if concepts}
+    check, negatives, retention = plan_prompts(
+        config, predictor, base_predictor, coco, vocabulary, indices, negative_prompts
+    )
     runs: dict[str, ModelRun] = {}
     base, context = base_of(predictor, base_predictor) if primary == "adapter" else (None, None)
     if base is not None and (compare_base or retention):
@@ -349,15 +333,7 @@ def evaluate_dataset(
             if name != "base-retention"
         },
     }
-    if check is not None:
-        metrics["negative_verification"] = verification_block(check)
-    base_answers = runs.get("base") or runs.get("base-retention")
-    if retention and base_answers is not None:
-        report = retention_report(base_answers, runs["adapter"], coco, retention)
-        metrics["retention"] = report
-        for name, block in metrics["models"].items():
-            for key in ("retention", "retention_iou"):
-                block["overall"][key] = report[key] if name == "adapter" else float("nan")
+    add_retention(metrics, runs, coco, check, retention)
     if "base" in metrics["models"] and "adapter" in metrics["models"]:
         base_overall, adapted = (
             metrics["models"]["base"]["overall"],

@@ -1,8 +1,10 @@
 """Retention: how much of what the base model finds the adapter still finds.
 
 On concepts outside the dataset (the verified vocabulary concepts the base model finds on an
-image), each base detection (score >= the threshold) is *kept* when one adapter detection of the
-same prompt overlaps it at mask IoU >= ``KEEP_IOU`` (one-to-one, best base detection first).
+image), each base detection (score >= the threshold) is *kept* when an adapter detection of the
+same prompt overlaps it at mask IoU >= ``KEEP_IOU``. Several base detections may be kept by one
+adapter detection: a base that answers an object twice and an adapter that answers it once still
+see the same object (the adapter is not asked to repeat the base's duplicates).
 ``retention`` is the share of base detections kept; ``retention_iou`` the mean, over the
 (image, concept) pairs where the base finds something, of the IoU between the union of the base's
 masks and the union of the adapter's. The base against itself scores 1 on both; an adapter that
@@ -20,24 +22,17 @@ KEEP_IOU = 0.5
 
 
 def count_kept(iou: np.ndarray, min_iou: float = KEEP_IOU) -> int:
-    """Base detections matched by an adapter detection, greedily and one-to-one.
+    """Base detections that some adapter detection overlaps at IoU >= ``min_iou``.
 
     Args:
-        iou: ``[base, adapter]`` mask IoU, base detections best score first.
+        iou: ``[base, adapter]`` mask IoU.
     """
     iou = np.asarray(iou, dtype=float)
     if iou.ndim != 2:
         raise ValueError(f"expected a [base, adapter] IoU matrix, got shape {iou.shape}")
     if not iou.size:
         return 0
-    used = np.zeros(iou.shape[1], dtype=bool)
-    kept = 0
-    for row in iou:
-        candidates = np.where(used, -1.0, row)
-        if candidates.max() >= min_iou:
-            used[int(candidates.argmax())] = True
-            kept += 1
-    return kept
+    return int((iou.max(axis=1) >= min_iou).sum())
 
 
 def summarize_retention(pairs: Iterable[tuple[int, int, float]]) -> dict[str, float]:

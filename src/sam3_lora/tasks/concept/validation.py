@@ -93,7 +93,7 @@ def retention_statistics(
 ) -> dict[str, Tensor]:
     """Per retention prompt (the same R prompts in ``base`` and ``adapted``): the base's
     detections (score >= ``score_threshold``, empty masks left out), how many the adapter keeps
-    (a detection of its own at mask IoU >= 0.5, one-to-one) and the IoU of the two unions of
+    (one of its own detections overlaps it at mask IoU >= 0.5) and the IoU of the two unions of
     masks, at ``size``.
 
     Returns:
