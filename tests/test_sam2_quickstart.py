@@ -22,14 +22,10 @@ QUICKSTART = REPO / "configs" / "sam2_quickstart.yaml"
 
 
 @pytest.fixture
-def shipped_tiny_sam2(monkeypatch: pytest.MonkeyPatch) -> Path:
-    """``--model tiny`` is the package's assets/tiny-sam2; an editable install made from another
-    checkout may not have it yet, so fall back to this checkout's folder (same files)."""
+def shipped_tiny_sam2() -> Path:
+    """``--model tiny`` is the installed package's ``sam3_lora.assets/tiny-sam2``."""
     folder = tiny.tiny_sam2_dir()
-    if not (folder / "config.json").is_file():
-        folder = REPO / "assets" / "tiny-sam2"
-        monkeypatch.setattr(tiny, "tiny_sam2_dir", lambda: folder)
-    assert (folder / "model.safetensors").is_file()
+    assert (folder / "model.safetensors").is_file(), f"{folder}: reinstall the package"
     return folder
 
 
