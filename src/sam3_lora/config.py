@@ -34,6 +34,8 @@ from sam3_lora.paths import presets_dir
 FAMILY_TASKS = {"sam3": "concept", "sam2": "promptable", "sam3_tracker": "promptable"}
 #: The family whose LoRA defaults are the schema's own (the others' come from their spec).
 SCHEMA_FAMILY = "sam3"
+#: ``training.seed`` of the other families when a config sets none (the SAM2-LoRA recipe's).
+PROMPTABLE_SEED = 42
 
 
 class _Section(BaseModel):
@@ -128,7 +130,17 @@ class TrainingSettings(_Section):
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
         "auto", description="auto = bf16 on a GPU that supports it, fp32 on CPU"
     )
-    seed: int = 0
+    seed: int = Field(
+        0,
+        description="seeds every RNG (data order, prompt sampling, LoRA init); default 0 for "
+        "sam3, 42 for sam2 / sam3_tracker (the SAM2-LoRA recipe's)",
+    )
+    deterministic: bool = Field(
+        False,
+        description="deterministic kernels (torch.use_deterministic_algorithms, cuDNN without "
+        "autotuning, a fixed cuBLAS workspace): the same config gives the same losses bit for "
+        "bit on the same machine; slower on GPU",
+    )
     eval_steps: int | None = Field(None, ge=1, description="validate every N steps; null = epoch")
     save_steps: int | None = Field(None, ge=1, description="checkpoint every N steps; null = epoch")
     save_total_limit: int = Field(3, ge=1, description="step checkpoints kept")
@@ -405,7 +417,8 @@ class Config(_Section):
     @model_validator(mode="before")
     @classmethod
     def _defaults_from_family(cls, raw: Any) -> Any:
-        """``loss.type`` from the family; the family's ``lora.target_modules`` when unset."""
+        """``loss.type`` from the family; the family's ``lora.target_modules``, model and seed
+        when unset."""
         if not isinstance(raw, dict):
             return raw
         model = raw.get("model") or {}
@@ -422,6 +435,9 @@ class Config(_Section):
             raw = {**raw, "loss": loss}
         if task is None or family == SCHEMA_FAMILY:
             return raw
+        training = raw.get("training")
+        if (training is None or isinstance(training, dict)) and "seed" not in (training or {}):
+            raw = {**raw, "training": {**(training or {}), "seed": PROMPTABLE_SEED}}
         lora = raw.get("lora")
         if (lora is None or isinstance(lora, dict)) and "target_modules" not in (lora or {}):
             raw = {**raw, "lora": {**(lora or {}), "target_modules": family_target_modules(family)}}

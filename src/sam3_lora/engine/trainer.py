@@ -30,7 +30,6 @@ from accelerate.utils import (
     DistributedDataParallelKwargs,
     InitProcessGroupKwargs,
     gather_object,
-    set_seed,
 )
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
@@ -45,6 +44,7 @@ from sam3_lora.engine.checkpoint import (
     rotate_checkpoints,
     write_trainer_state,
 )
+from sam3_lora.engine.determinism import seed_everything
 from sam3_lora.engine.optim import decay_groups
 from sam3_lora.engine.reporting import (
     MetricsLog,
@@ -126,7 +126,7 @@ class Trainer:
             ],
         )
         check_launch(self.accelerator)
-        set_seed(settings.seed)
+        self._restore_determinism = seed_everything(settings.seed, settings.deterministic)
         if self.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
         processes = self.accelerator.num_processes
@@ -286,6 +286,10 @@ class Trainer:
                 f"s): {str(error).strip().splitlines()[0][:200]}. Checkpoints are in "
                 f"{self.checkpoints_dir}; start the run again with --resume"
             ) from None
+        finally:
+            restore = getattr(self, "_restore_determinism", None)
+            if restore is not None:  # training.deterministic changes process-wide settings
+                restore()
 
     def _train(self, resume: str | Path | bool | None) -> dict[str, Any]:
         self.setup()
