@@ -122,6 +122,13 @@ class TrainingSettings(_Section):
     weight_decay: float = Field(0.01, ge=0)
     warmup_steps: int = Field(0, ge=0)
     lr_scheduler: Literal["cosine", "inverse_sqrt", "linear", "constant"] = "cosine"
+    min_lr_ratio: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="cosine: the learning rate it ends at, as a share of the peak (Meta's SAM2.1: "
+        "0.1); 0 = decay to zero",
+    )
     cooldown_steps: int = Field(
         0, ge=0, description="inverse_sqrt: linear decay to 0 over the last N steps (Meta: 20)"
     )
@@ -186,15 +193,20 @@ class FinetuneSettings(_Section):
         default_factory=dict,
         description="full mode: base learning rate per component before lr_scale; `default` "
         "for the rest; unset keys take the task's (Meta's) values, e.g. SAM3 vision_encoder "
-        "2.5e-4, text_encoder 5e-5, default 8e-4",
+        "2.5e-4, text_encoder 5e-5, default 8e-4; SAM2 image_encoder 3e-6, default 5e-6",
     )
-    lr_scale: float = Field(0.1, gt=0, description="full mode: multiplies every learning rate")
+    lr_scale: float = Field(
+        0.1,
+        gt=0,
+        description="full mode: multiplies every learning rate; default 0.1 for sam3 (Meta's "
+        "SAM3 config), 1 for sam2 / sam3_tracker (Meta's SAM2.1 rates as they are)",
+    )
     layer_decay: float = Field(
         0.9,
         gt=0,
         le=1,
-        description="full mode: ViT block k of n gets decay^(n - k), the patch embedding "
-        "decay^(n + 1); 1 = off",
+        description="full mode: image-encoder trunk block k of n (SAM3's ViT, SAM2's Hiera) "
+        "gets decay^(n - k), the patch embedding decay^(n + 1); 1 = off",
     )
     weight_decay: float = Field(
         0.1, ge=0, description="full mode: AdamW weight decay (none on biases and LayerNorms)"
@@ -441,10 +453,14 @@ class Config(_Section):
         lora = raw.get("lora")
         if (lora is None or isinstance(lora, dict)) and "target_modules" not in (lora or {}):
             raw = {**raw, "lora": {**(lora or {}), "target_modules": family_target_modules(family)}}
-        if isinstance(model, dict) and "name_or_path" not in model:
-            from sam3_lora.tasks import get_spec
+        from sam3_lora.tasks import get_spec
 
+        if isinstance(model, dict) and "name_or_path" not in model:
             raw = {**raw, "model": {**model, "name_or_path": get_spec(family).default_model}}
+        finetune = raw.get("finetune")
+        if (finetune is None or isinstance(finetune, dict)) and "lr_scale" not in (finetune or {}):
+            scale = get_spec(family).full_lr_scale
+            raw = {**raw, "finetune": {**(finetune or {}), "lr_scale": scale}}
         return raw
 
     @model_validator(mode="after")

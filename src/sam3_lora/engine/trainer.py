@@ -165,6 +165,7 @@ class Trainer:
             settings.warmup_steps,
             self.total_steps,
             settings.cooldown_steps,
+            settings.min_lr_ratio,
         )
         self.model, self.optimizer, self.scheduler = self.accelerator.prepare(
             self.task.model, optimizer, scheduler
@@ -186,9 +187,8 @@ class Trainer:
         """The task's optimizer groups (per component and layer in full fine-tuning), or
         AdamW's usual two: weight decay on weights, none on biases and norms (Meta's rule)."""
         settings = self.config.training
-        if hasattr(self.task, "parameter_groups"):
-            groups = self.task.parameter_groups()
-        else:
+        groups = self.task.parameter_groups() if hasattr(self.task, "parameter_groups") else None
+        if groups is None:
             groups = decay_groups(
                 self.task.model.named_parameters(), settings.learning_rate, settings.weight_decay
             )

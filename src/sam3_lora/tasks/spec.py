@@ -33,6 +33,7 @@ class TaskSpec:
             layer-wise learning-rate decay, or None for parameters outside the layered trunk.
         full_learning_rates: component -> base learning rate of full fine-tuning (before
             ``finetune.lr_scale``); ``default`` for the components without one.
+        full_lr_scale: ``finetune.lr_scale`` when a config sets none (SAM3: Meta's 0.1).
         build_task: ``(config, loaded) -> task`` without datasets (``param-groups`` uses it).
         gated_hint: what to do when the default weights cannot be downloaded.
         unused_modules: modules of the ``transformers`` model that its forward never runs:
@@ -57,6 +58,7 @@ class TaskSpec:
     build_recipe: Callable[..., Any] | None = None
     layer_of: Callable[[str, int], tuple[str, int, int] | None] | None = None
     full_learning_rates: dict[str, float] = field(default_factory=dict)
+    full_lr_scale: float = 0.1
     build_task: Callable[..., Any] | None = None
     gated_hint: str = ""
     unused_modules: tuple[str, ...] = ()
