@@ -404,8 +404,20 @@ class EvaluationSettings(_Section):
 
 
 class OutputSettings(_Section):
-    output_dir: str = "outputs/my_model"
+    output_dir: str = Field(
+        "outputs/my_model",
+        description="the run's folder (layout standard), or the folder of the run folders "
+        "(layout sam2_lora)",
+    )
     tensorboard: bool = True
+    layout: Literal["auto", "standard", "sam2_lora"] = Field(
+        "auto",
+        description="standard: checkpoints/step-N, best/, final/, metrics.csv in output_dir; "
+        "sam2_lora: a run folder {family}_{size}_lora_r{rank}_a{alpha}_lr{lr}_{timestamp} with "
+        "latest_lora_step*/, best_lora_step*_iou*_dice*/ + best_merged_step*/, "
+        "final_lora_step*/, logs/training_metrics_lora_*.csv; auto: sam2_lora for LoRA runs "
+        "of sam2 / sam3_tracker, standard otherwise",
+    )
 
 
 class Config(_Section):
@@ -513,6 +525,15 @@ class Config(_Section):
             raise ValueError(
                 "finetune.freeze: every component is frozen, nothing would be trained; "
                 "remove one from the list"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _layout_fits_the_mode(self) -> Config:
+        if self.output.layout == "sam2_lora" and self.finetune.mode == "full":
+            raise ValueError(
+                "output.layout sam2_lora names LoRA adapter folders, but finetune.mode full "
+                "saves whole models; use output.layout standard (or auto)"
             )
         return self
 

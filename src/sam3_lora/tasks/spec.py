@@ -42,6 +42,11 @@ class TaskSpec:
         default_target_modules: ``lora.target_modules`` when the config sets none: per component
             the dotted name suffixes of the adapted layers; None = the schema's default (SAM3's).
         hub_ids: hub ids known to be this family's (``--model`` picks the family from them).
+        default_layout: ``output.layout`` of LoRA runs when the config says ``auto``
+            (:mod:`sam3_lora.engine.layout`); full fine-tuning always uses ``standard``.
+        model_size: ``model.name_or_path -> size`` in run folder names (``large``); None: the
+            name's last part.
+        best_metrics: ``(label, metric)`` pairs in the names of the best folders.
     """
 
     family: str
@@ -64,6 +69,9 @@ class TaskSpec:
     unused_modules: tuple[str, ...] = ()
     default_target_modules: dict[str, tuple[str, ...]] | None = None
     hub_ids: tuple[str, ...] = ()
+    default_layout: str = "standard"
+    model_size: Callable[[str], str] | None = None
+    best_metrics: tuple[tuple[str, str], ...] = ()
 
     def component_of(self, name: str) -> str:
         """The component flag that covers a module or parameter name (its top-level module

@@ -385,6 +385,16 @@ def layer_of(name: str, num_layers: int) -> tuple[str, int, int] | None:
     return None
 
 
+def model_size(name_or_path: str) -> str:
+    """The size in a run folder's name: ``large`` for ``facebook/sam2.1-hiera-large`` or
+    ``sam2.1-large-size``, else the name's last part (``tiny``, ``sam3``, a folder's name)."""
+    for size in sorted(SAM2_SIZES, key=len, reverse=True):
+        if re.search(rf"(hiera-|sam2\.1-){re.escape(size)}(-size)?$", name_or_path.rstrip("/")):
+            return size
+    last = name_or_path.rstrip("/").rsplit("/", 1)[-1]
+    return re.sub(r"[^A-Za-z0-9.+-]+", "-", last).strip("-") or "model"
+
+
 def build_task(config: Any, loaded: Any) -> Any:
     from sam3_lora.tasks.promptable.recipe import build_promptable_task
 
@@ -429,6 +439,9 @@ def _task_spec(family: str, default_model: str, hub_ids: tuple[str, ...]) -> Tas
         gated_hint=_GATED_HINTS[family],
         default_target_modules=facts.lora_targets,
         hub_ids=hub_ids,
+        default_layout="sam2_lora",
+        model_size=model_size,
+        best_metrics=(("iou", "val/miou"), ("dice", "val/dice")),
     )
 
 

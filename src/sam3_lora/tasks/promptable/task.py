@@ -11,7 +11,7 @@ from peft import PeftModel
 from torch import Tensor
 
 from sam3_lora.errors import AdapterError, CheckpointError
-from sam3_lora.lora import load_adapter_weights_strict, save_lora_weights
+from sam3_lora.lora import load_adapter_weights_strict, merged_state_dict, save_lora_weights
 from sam3_lora.models import load_model_weights_strict
 from sam3_lora.tasks.promptable.loss import TERMS, PromptableLoss
 from sam3_lora.tasks.promptable.module import PromptableModel, PromptableOutputs
@@ -130,6 +130,19 @@ class PromptableTask:
             save_lora_weights(self.network, folder)
             return
         self.network.save_pretrained(folder, safe_serialization=True)
+        if self.processor is not None:
+            self.processor.save_pretrained(folder)
+
+    def save_merged_weights(self, folder: Path) -> None:
+        """Write the model with the adapter folded in (a plain ``Sam2Model`` /
+        ``Sam3TrackerModel`` folder, safetensors, and the processor), the training model left
+        as it is. LoRA only: in full mode :meth:`save_weights` already writes the model."""
+        if not isinstance(self.network, PeftModel):
+            raise CheckpointError("save_merged_weights: the model carries no LoRA adapter")
+        base = self.network.get_base_model()
+        base.save_pretrained(
+            folder, state_dict=merged_state_dict(self.network), safe_serialization=True
+        )
         if self.processor is not None:
             self.processor.save_pretrained(folder)
 
