@@ -64,6 +64,7 @@ def test_named_layout_folders(tmp_path: Path) -> None:
     value = f"{summary['best_value']:.4f}"
     step = summary["best_step"]
     assert best == [f"best_lora_step{step}_mse{value}", f"best_merged_step{step}_mse{value}"]
+    assert summary["best_dir"] == str(run / best[0])
     assert (
         "final_lora_step12" in names and (run / "final_lora_step12" / "model.safetensors").is_file()
     )

@@ -134,6 +134,14 @@ class OutputLayout:
                 found.append((int(match.group(1)), child))
         return sorted(found)
 
+    def current_best(self) -> Path | None:
+        """The best weights on disk: ``best/``, or the newest ``best_lora_step*`` folder."""
+        if not self.named:
+            best = self.run_dir / "best"
+            return best if best.is_dir() else None
+        adapters = [path for _, path in self.best_dirs() if path.name.startswith("best_lora_")]
+        return adapters[-1] if adapters else None
+
     def prune_bests(self, keep: tuple[Path, ...] = ()) -> list[Path]:
         """Delete every best folder but ``keep`` (default: the newest step's), so that one best
         pair is left."""

@@ -587,6 +587,7 @@ class Trainer:
             else None,
             "output_dir": str(self.run_dir),
             "final_dir": str(final_dir),
+            "best_dir": str(best) if (best := self.layout.current_best()) else None,
         }
         self.summary_table = summary_table(summary)
         self.comparison_table = None
