@@ -115,7 +115,8 @@ class Trainer:
         self.config_text = config_text
         self.output_dir = Path(config.output.output_dir)
         self.layout = OutputLayout(self.plan, self.output_dir)  # run folder: set in setup()
-        self.resume_from: Path | None = None
+        self.resume_request: str | Path | bool | None = None  # what train(resume=) asked for
+        self.resume_from: Path | None = None  # the checkpoint that request resolved to
         self.state = TrainerState()
 
     @property
@@ -128,9 +129,9 @@ class Trainer:
         return self.layout.checkpoints_dir
 
     # ------------------------------------------------------------------ setup
-    def setup(self, resume: str | Path | bool | None = None) -> None:
-        """Accelerator, seeds, the run folder (a new one, or the resumed run's), loaders,
-        optimizer, schedule."""
+    def setup(self) -> None:
+        """Accelerator, seeds, the run folder (a new one, or that of :attr:`resume_request`),
+        loaders, optimizer, schedule."""
         settings = self.config.training
         self.accelerator = Accelerator(
             mixed_precision=resolve_mixed_precision(settings.mixed_precision),
@@ -147,7 +148,7 @@ class Trainer:
         )
         check_launch(self.accelerator)
         self._restore_determinism = seed_everything(settings.seed, settings.deterministic)
-        self._open_run_folder(resume)
+        self._open_run_folder(self.resume_request)
         processes = self.accelerator.num_processes
         self.sampler = EpochShuffleSampler(len(self.train_dataset), settings.seed)
         train_loader = DataLoader(
@@ -330,7 +331,8 @@ class Trainer:
                 restore()
 
     def _train(self, resume: str | Path | bool | None) -> dict[str, Any]:
-        self.setup(resume)
+        self.resume_request = resume
+        self.setup()
         if self.resume_from is not None:
             self.resume(self.resume_from)
         settings = self.config.training
