@@ -121,3 +121,35 @@ def test_resolve_run(tmp_path: Path) -> None:
 )
 def test_learning_rate_in_run_names(lr: float, text: str) -> None:
     assert format_learning_rate(lr) == text
+
+
+REPO = Path(__file__).resolve().parents[1]
+BASE_PLUS = "sam2_base-plus_lora_r8_a16_lr1e-3"
+
+
+@pytest.mark.parametrize(
+    ("preset", "overrides", "kind", "run_name"),
+    [
+        ("sam2_lora", {}, "sam2_lora", "sam2_large_lora_r8_a16_lr1e-3"),
+        ("sam2_quickstart", {}, "sam2_lora", "sam2_tiny_lora_r8_a16_lr3e-3"),
+        ("sam2_lora", {"model.name_or_path": "sam2.1-base-plus-size"}, "sam2_lora", BASE_PLUS),
+        ("sam2_lora", {"output.layout": "standard"}, "standard", ""),
+        ("sam2_full_ft", {}, "standard", ""),
+        ("quickstart", {}, "standard", ""),  # SAM3 keeps its folders
+    ],
+)
+def test_layout_plan_from_config(preset: str, overrides: dict, kind: str, run_name: str) -> None:
+    from sam3_lora.training import layout_plan
+
+    plan = layout_plan(load_config(REPO / "configs" / f"{preset}.yaml", overrides))
+    assert plan.kind == kind
+    assert plan.run_name == run_name
+    if kind == "sam2_lora":
+        assert plan.best_metrics == (("iou", "val/miou"), ("dice", "val/dice"))
+
+
+def test_named_layout_refuses_full_mode() -> None:
+    from sam3_lora.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="output.layout sam2_lora names LoRA adapter folders"):
+        load_config(REPO / "configs" / "sam2_full_ft.yaml", {"output.layout": "sam2_lora"})
