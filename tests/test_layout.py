@@ -84,6 +84,7 @@ def test_resume_finds_the_latest_checkpoint_in_the_run_folder(tmp_path: Path) ->
     # As if killed after the step-9 checkpoint: step 12 and the final adapter never happened.
     shutil.rmtree(run / "latest_lora_step12")
     shutil.rmtree(run / "final_lora_step12")
+    (run / ".best_lora_step3_mse1.0000.tmp-99").mkdir()  # a best write killed half-way
     trainer, resumed = _run(tmp_path / "killed", resume=True)
     assert trainer.resume_from == run / "latest_lora_step9"
     assert run_dirs(tmp_path / "killed", PLAN.run_name) == [run]  # the same run folder goes on
@@ -94,6 +95,7 @@ def test_resume_finds_the_latest_checkpoint_in_the_run_folder(tmp_path: Path) ->
     for key, value in expected.items():
         torch.testing.assert_close(found[key], value, rtol=0, atol=1e-6)
     assert len([p for p in run.iterdir() if p.name.startswith("best_")]) == 2  # one pair
+    assert not any(p.name.startswith(".") for p in run.iterdir())
 
 
 def test_resolve_run(tmp_path: Path) -> None:

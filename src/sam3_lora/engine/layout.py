@@ -143,9 +143,13 @@ class OutputLayout:
         return adapters[-1] if adapters else None
 
     def prune_bests(self, keep: tuple[Path, ...] = ()) -> list[Path]:
-        """Delete every best folder but ``keep`` (default: the newest step's), so that one best
-        pair is left."""
+        """Delete every best folder but ``keep`` (default, at the start of a run: the newest
+        step's, and the temporary folders of killed writes), so that one best pair is left."""
         found = self.best_dirs()
+        if not keep and self.named and self.run_dir.is_dir():  # leftovers of killed writes
+            for pattern in (".best_*.tmp-*", ".final_lora_step*.tmp-*"):
+                for leftover in self.run_dir.glob(pattern):
+                    shutil.rmtree(leftover, ignore_errors=True)
         if not keep and found:
             newest = found[-1][0]
             keep = tuple(path for step, path in found if step == newest)
