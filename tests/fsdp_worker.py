@@ -4,7 +4,10 @@ torch's FSDP2 on CPU (gloo), sharded as Accelerate's FSDP2 path does on GPUs
 over the sharded parameters). Accelerate itself never selects FSDP on CPU.
 
 Rank 0 also runs the same step unsharded on both ranks' batches (gradients averaged, as FSDP
-reduces them) and writes the largest gradient difference to ``argv[2]``. (Gradients, not the
+reduces them) and writes the largest gradient difference to ``argv[2]``. Then the trainer's FSDP
+save path: the full state dict gathered as ``accelerator.get_state_dict`` does under FSDP2, written
+by rank 0 with ``task.save_weights(folder, state_dict=...)`` into ``argv[3]`` and read back with
+``Sam3Model.from_pretrained``: it must equal the sharded parameters. (Gradients, not the
 updated weights: Adam's first step turns the rounding noise of gradients that are zero in exact
 arithmetic, such as attention key biases', into updates of size lr.)
 """
@@ -17,7 +20,9 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.fsdp import fully_shard
+from transformers import Sam3Model
 
 from sam3_lora.config import load_config
 from sam3_lora.models import load_sam3
@@ -73,6 +78,17 @@ def main() -> None:
             fully_shard(module)
     fully_shard(task.model)  # the root: its forward is the only entry point
     sharded = step(task, [batches[rank]])
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, cpu_offload=True)
+    gathered = get_model_state_dict(task.model, options=options)  # every rank, as Accelerate
+    updated = {n: p.full_tensor().detach() for n, p in task.network.named_parameters()}
+    saved = {}
+    if rank == 0:
+        task.save_weights(Path(sys.argv[3]), state_dict=gathered)
+        loaded = dict(Sam3Model.from_pretrained(sys.argv[3]).named_parameters())
+        saved["saved_parameters"] = len(loaded) == len(updated)
+        saved["saved_max_difference"] = max(
+            (loaded[n].detach() - value).abs().max().item() for n, value in updated.items()
+        )
     if rank == 0:
         reference, _ = build(shapes_dir)
         expected = step(reference, batches)
@@ -81,6 +97,7 @@ def main() -> None:
         found = {"max_difference": difference, "max_gradient": scale}
         found["same_parameters"] = sorted(sharded) == sorted(expected)
         found["gradients"] = len(expected)
+        found.update(saved)
         result.write_text(json.dumps(found))
     dist.destroy_process_group()
 

@@ -21,7 +21,9 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def test_fsdp2_step_equals_the_unsharded_step(shapes_dir: Path, tmp_path: Path) -> None:
+def test_fsdp2_step_equals_the_unsharded_step_and_saves_the_gathered_model(
+    shapes_dir: Path, tmp_path: Path
+) -> None:
     result = tmp_path / "result.json"
     command = [
         sys.executable,
@@ -33,6 +35,7 @@ def test_fsdp2_step_equals_the_unsharded_step(shapes_dir: Path, tmp_path: Path) 
         str(REPO / "tests" / "fsdp_worker.py"),
         str(shapes_dir),
         str(result),
+        str(tmp_path / "saved"),
     ]
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
     environment["PYTHONPATH"] = os.pathsep.join(
@@ -57,3 +60,5 @@ def test_fsdp2_step_equals_the_unsharded_step(shapes_dir: Path, tmp_path: Path) 
     assert found["same_parameters"] and found["gradients"] > 200, found
     assert found["max_gradient"] > 0.1, found
     assert found["max_difference"] < 1e-5 * found["max_gradient"], found
+    # The trainer's FSDP save path: gathered state dict -> from_pretrained folder, exact.
+    assert found["saved_parameters"] and found["saved_max_difference"] == 0.0, found

@@ -309,12 +309,17 @@ def _component_order(component: str, spec: TaskSpec) -> tuple[int, str]:
     return (names.index(component) if component in names else len(names), component)
 
 
-def save_lora_weights(model: PeftModel, output_dir: str | Path) -> Path:
-    """Save the adapter in PEFT format (config + safetensors)."""
+def save_lora_weights(
+    model: PeftModel, output_dir: str | Path, state_dict: dict[str, torch.Tensor] | None = None
+) -> Path:
+    """Save the adapter in PEFT format (config + safetensors); ``state_dict``: the model's full
+    state dict when its parameters are sharded (FSDP), from which PEFT picks the adapter."""
     if not isinstance(model, PeftModel):
         raise AdapterError("save_lora_weights expects a model returned by apply_lora_to_model")
     output_dir = Path(output_dir)
-    model.save_pretrained(output_dir, safe_serialization=True, save_embedding_layers=False)
+    model.save_pretrained(
+        output_dir, safe_serialization=True, save_embedding_layers=False, state_dict=state_dict
+    )
     return output_dir
 
 

@@ -44,8 +44,10 @@ class Task(Protocol):
     def summarize_validation(self, steps: list[dict[str, torch.Tensor]]) -> dict[str, float]:
         """All batches' statistics -> ``val/<name>`` metrics."""
 
-    def save_weights(self, folder: Path) -> None:
-        """Write what is trained (adapter or model) into ``folder``."""
+    def save_weights(self, folder: Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+        """Write what is trained (adapter or model) into ``folder``; under FSDP the trainer
+        passes ``state_dict``, the full state dict of :attr:`model` gathered from every
+        process, to write instead of the (sharded) parameters."""
 
     def load_weights(self, folder: Path) -> None:
         """Load what :meth:`save_weights` wrote, strictly."""

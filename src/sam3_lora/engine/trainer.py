@@ -18,8 +18,10 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,7 @@ from accelerate import Accelerator
 from accelerate.data_loader import get_sampler
 from accelerate.utils import (
     DistributedDataParallelKwargs,
+    DistributedType,
     InitProcessGroupKwargs,
     broadcast_object_list,
     gather_object,
@@ -259,7 +262,8 @@ class Trainer:
         :func:`sam3_lora.engine.layout.resolve_run` found for ``--resume``)."""
         folder = Path(checkpoint)
         state = read_trainer_state(folder)
-        self.task.load_weights(folder)
+        if self.accelerator.distributed_type != DistributedType.FSDP:
+            self.task.load_weights(folder)  # under FSDP load_state restores the shards
         try:
             self.accelerator.load_state(str(folder))
         except (FileNotFoundError, KeyError, ValueError, RuntimeError) as error:
@@ -507,8 +511,9 @@ class Trainer:
         if best is None or sign * (value - best) > settings.min_delta:
             self.state.best_metric, self.state.best_step = value, self.state.global_step
             self.state.evaluations_without_gain = 0
+            write = self._weights_writer()  # every process: FSDP gathers the weights
             if self.is_main:
-                self._save_best(metrics)
+                self._save_best(metrics, write)
         else:
             self.state.evaluations_without_gain += 1
             if settings.patience and self.state.evaluations_without_gain >= settings.patience:
@@ -516,16 +521,23 @@ class Trainer:
                 return "early stopping"
         return "finished"
 
-    def _save_best(self, metrics: dict[str, float]) -> None:
+    def _weights_writer(self) -> Callable[[Path], None]:
+        """``task.save_weights``; under FSDP with the full state dict gathered first. Call it on
+        every process (the gathering is a collective); only the main one writes."""
+        if self.accelerator.distributed_type != DistributedType.FSDP:
+            return self.task.save_weights
+        gathered = self.accelerator.get_state_dict(self.model)
+        return partial(self.task.save_weights, state_dict=gathered)
+
+    def _save_best(self, metrics: dict[str, float], write: Callable[[Path], None]) -> None:
         """``best/``; in the ``sam2_lora`` layout the ``best_lora_...`` adapter and, when the
         task can fold it in, the ``best_merged_...`` model, replacing the previous pair (each
         folder atomic; the old pair goes once the new one is complete)."""
         step = self.state.global_step
-        written = [
-            atomic_directory_write(self.layout.best_dir(step, metrics), self.task.save_weights)
-        ]
+        written = [atomic_directory_write(self.layout.best_dir(step, metrics), write)]
         save_merged = getattr(self.task, "save_merged_weights", None)
-        if self.layout.named and save_merged is not None:
+        sharded = self.accelerator.distributed_type == DistributedType.FSDP
+        if self.layout.named and save_merged is not None and not sharded:
             target = self.layout.best_dir(step, metrics, merged=True)
             written.append(atomic_directory_write(target, save_merged))
         self.layout.prune_bests(keep=tuple(written))
@@ -546,9 +558,10 @@ class Trainer:
             fresh_directory(temporary)
         accelerator.wait_for_everyone()
         accelerator.save_state(str(temporary))
+        write = self._weights_writer()
         accelerator.wait_for_everyone()
         if self.is_main:
-            self.task.save_weights(temporary)
+            write(temporary)
             write_trainer_state(temporary, self.state.__dict__)
             finish_directory(temporary, target)
             self.layout.rotate(self.config.training.save_total_limit)
@@ -563,8 +576,9 @@ class Trainer:
         if not evaluated_last_step and self.valid_loader is not None and stop_reason == "finished":
             self._evaluate_and_track()
         final_dir = self.layout.final_dir(self.state.global_step)
+        write = self._weights_writer()
         if self.is_main:
-            atomic_directory_write(final_dir, self.task.save_weights)
+            atomic_directory_write(final_dir, write)
         elapsed = time.perf_counter() - started
         images = self.state.images_seen - images_at_start
         final_metrics = self.state.history[-1] if self.state.history else {}

@@ -143,15 +143,15 @@ class ConceptTask:
         is trained (a folder ``Sam3Model.from_pretrained`` and ``sam3-lora predict`` load).
 
         Args:
-            state_dict: full mode under FSDP: the gathered state dict of :attr:`model`
+            state_dict: under FSDP: the gathered state dict of :attr:`model`
                 (``accelerator.get_state_dict(model)``, collected on every rank) to write
                 instead of the sharded parameters.
         """
-        if isinstance(self.network, PeftModel):
-            save_lora_weights(self.network, folder)
-            return
         if state_dict is not None:
             state_dict = {k.removeprefix("network."): v for k, v in state_dict.items()}
+        if isinstance(self.network, PeftModel):
+            save_lora_weights(self.network, folder, state_dict)
+            return
         self.network.save_pretrained(folder, state_dict=state_dict, safe_serialization=True)
         if self.processor is not None:
             self.processor.save_pretrained(folder)

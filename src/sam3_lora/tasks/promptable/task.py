@@ -122,14 +122,21 @@ class PromptableTask:
             return None
         return self.groups(self.network.named_parameters())
 
-    def save_weights(self, folder: Path) -> None:
+    def save_weights(self, folder: Path, state_dict: dict[str, Tensor] | None = None) -> None:
         """Write what is trained into ``folder``: the adapter (PEFT format) for a LoRA model,
         the whole model (``save_pretrained``, safetensors) and its processor when every weight
-        is trained (a folder ``Sam2Model.from_pretrained`` loads)."""
+        is trained (a folder ``Sam2Model.from_pretrained`` loads).
+
+        Args:
+            state_dict: under FSDP: the gathered state dict of :attr:`model`, written instead
+                of the sharded parameters.
+        """
+        if state_dict is not None:
+            state_dict = {k.removeprefix("network."): v for k, v in state_dict.items()}
         if isinstance(self.network, PeftModel):
-            save_lora_weights(self.network, folder)
+            save_lora_weights(self.network, folder, state_dict)
             return
-        self.network.save_pretrained(folder, safe_serialization=True)
+        self.network.save_pretrained(folder, state_dict=state_dict, safe_serialization=True)
         if self.processor is not None:
             self.processor.save_pretrained(folder)
 
