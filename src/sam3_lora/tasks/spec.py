@@ -41,6 +41,9 @@ class TaskSpec:
         default_target_modules: ``lora.target_modules`` when the config sets none: per component
             the dotted name suffixes of the adapted layers; None = the schema's default (SAM3's).
         hub_ids: hub ids known to be this family's (``--model`` picks the family from them).
+        float_modules: module names (prefixes up to a ``.``) whose linear layers stay in float
+            when the base is loaded in 4 bits (``model.quantization: 4bit``): heads and small
+            layers, where rounding costs more than it saves.
     """
 
     family: str
@@ -62,6 +65,7 @@ class TaskSpec:
     unused_modules: tuple[str, ...] = ()
     default_target_modules: dict[str, tuple[str, ...]] | None = None
     hub_ids: tuple[str, ...] = ()
+    float_modules: tuple[str, ...] = ()
 
     def component_of(self, name: str) -> str:
         """The component flag that covers a module or parameter name (its top-level module

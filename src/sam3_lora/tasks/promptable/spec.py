@@ -377,6 +377,11 @@ _GATED_HINTS = {
 }
 
 
+#: Kept in float under ``model.quantization: 4bit``: the prompt encoder and the mask decoder
+#: (about 4 M parameters together, their outputs are the masks); the image encoder is 4-bit.
+FLOAT_MODULES = ("prompt_encoder", "mask_decoder")
+
+
 def _task_spec(family: str, default_model: str, hub_ids: tuple[str, ...]) -> TaskSpec:
     facts = SPECS[family]
     return TaskSpec(
@@ -396,6 +401,7 @@ def _task_spec(family: str, default_model: str, hub_ids: tuple[str, ...]) -> Tas
         gated_hint=_GATED_HINTS[family],
         default_target_modules=facts.lora_targets,
         hub_ids=hub_ids,
+        float_modules=FLOAT_MODULES,
     )
 
 
