@@ -166,6 +166,12 @@ class TrainingSettings(_Section):
         "epoch and reuse them (epochs after the first skip the ViT); needs a frozen vision "
         "encoder (no adapter in it) and data.augment: false, horizontal_flip: false",
     )
+    compile: bool = Field(
+        False,
+        description="torch.compile the vision encoder (one fixed image size: one graph); the "
+        "first step pays the compile time (minutes at 1008 px). Off by default: see "
+        "benchmarks/README.md for what it measured",
+    )
 
 
 class FinetuneSettings(_Section):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 
+from sam3_lora.compile import compile_vision_encoder
 from sam3_lora.config import Config
 from sam3_lora.data.coco import CocoDataset
 from sam3_lora.errors import ConfigError
@@ -84,8 +85,11 @@ def warn_box_only(coco: CocoDataset) -> int:
 
 
 def build_promptable_task(config: Config, loaded: LoadedModel) -> PromptableTask:
-    """Inject LoRA into the loaded base model and wrap it in the promptable task."""
+    """Inject LoRA into the loaded base model and wrap it in the promptable task (the image
+    encoder compiled when ``training.compile`` says so)."""
     network = apply_lora_to_model(loaded.model, config.lora)
+    if config.training.compile:
+        compile_vision_encoder(network)
     settings = config.loss.model_dump(exclude={"type"})
     module = PromptableModel(network, **{k: settings.pop(k) for k in MODULE_SETTINGS})
     return PromptableTask(
