@@ -36,7 +36,7 @@ COMMANDS=(
   "90 train_step.py $SAM2 --preset sam2_lora --batch_size 1 --prompts_per_image 4"
   "90 train_step.py $SAM3 --preset decoder_only --batch_size 1 --prompts_per_image 4 --cache_vision_features"
   "90 train_step.py $SAM3 --preset decoder_only --batch_size 1 --prompts_per_image 4"
-  "120 train_step.py $SAM3 --preset balanced --batch_size 1 --prompts_per_image 4 --quantization 4bit"
+  "150 train_step.py $SAM3 --preset balanced --batch_size 1 --prompts_per_image 4 --quantization 4bit"
   "120 inference_latency.py --model sam3-size --batch 4 --prompts 8 --repeats 5 --json $JSON"
   "180 train_step.py $SAM3 --preset balanced --batch_size 1 --prompts_per_image 4 --compare_compile"
   "90 train_step.py $SAM2 --preset sam2_lora --batch_size 1 --prompts_per_image 4 --quantization 4bit"

@@ -68,10 +68,12 @@ def test_4bit_base_keeps_heads_in_float_and_is_smaller() -> None:
 
 @needs_bitsandbytes
 @pytest.mark.parametrize(
-    ("family", "model"), [("sam3", "tiny-random"), ("sam2", "tiny")], ids=["sam3", "sam2"]
+    ("family", "model", "checkpointing"),
+    [("sam3", "tiny-random", False), ("sam3", "tiny-random", True), ("sam2", "tiny", False)],
+    ids=["sam3", "sam3-checkpointing", "sam2"],
 )
 def test_qlora_trains_and_the_adapter_loads_on_the_float_base(
-    family: str, model: str, shapes_dir: Path, tmp_path: Path
+    family: str, model: str, checkpointing: bool, shapes_dir: Path, tmp_path: Path
 ) -> None:
     output = tmp_path / "run"
     overrides = tiny_training_overrides(
@@ -82,6 +84,7 @@ def test_qlora_trains_and_the_adapter_loads_on_the_float_base(
             "model.name_or_path": model,
             "model.quantization": "4bit",
             "training.max_steps": 3,
+            "training.gradient_checkpointing": checkpointing,
             "training.eval_steps": 100,
             "data.verify_negatives": False,
             "evaluation.retention_prompts": 0,
