@@ -174,10 +174,7 @@ def build_bench_task(
         preset or DEFAULT_PRESETS[family],
         {"model.family": family, "model.name_or_path": MODELS[model][1], **overrides},
     )
-    if family == "sam3":
-        task = loaded.spec.build_task(config, loaded)
-    else:
-        task = _promptable(config, loaded)
+    task = loaded.spec.build_task(config, loaded)
     task.model.train()
     network = task.model.network
     base = network.get_base_model() if hasattr(network, "get_base_model") else network
@@ -195,9 +192,3 @@ def build_bench_task(
     return BenchTask(
         task, family, size, base.vision_encoder, new_batch, mask_side, weight_bytes(task.model)
     )
-
-
-def _promptable(config: Any, loaded: LoadedModel) -> Any:
-    from sam3_lora.tasks.promptable.recipe import build_promptable_task
-
-    return build_promptable_task(config, loaded)

@@ -95,15 +95,20 @@ def test_qlora_trains_and_the_adapter_loads_on_the_float_base(
     trainer = SAM3TrainerNative(None, overrides)
     trainer.train()
     assert is_4bit(trainer.trainer.task.model)
-    with open(output / "metrics.csv") as handle:
+    layout = trainer.trainer.layout  # sam2: the sam2_lora layout (named folders)
+    with open(layout.metrics_csv) as handle:
         losses = [float(r["train/loss"]) for r in csv.DictReader(handle) if r.get("train/loss")]
     assert len(losses) == 3 and all(math.isfinite(loss) for loss in losses)
-    saved = load_file(str(output / "final" / "adapter_model.safetensors"))
+    final = layout.final_dir(3)
+    saved = load_file(str(final / "adapter_model.safetensors"))
     lora_b = [t for k, t in saved.items() if "lora_B" in k]
     assert lora_b and any(t.abs().sum() > 0 for t in lora_b)  # B starts at 0: it was trained
+    if layout.named:  # the merge belongs on the float base: the best adapter comes alone
+        bests = [path.name for _, path in layout.best_dirs()]
+        assert bests and all(name.startswith("best_lora_") for name in bests), bests
 
     float_base = load_model(model, family).model
-    adapted = PeftModel.from_pretrained(float_base, output / "final")
+    adapted = PeftModel.from_pretrained(float_base, final)
     assert not is_4bit(adapted)
     state = {k.replace(".default", ""): v for k, v in adapted.state_dict().items() if "lora_" in k}
     for key, tensor in saved.items():

@@ -33,6 +33,7 @@ class TaskSpec:
             layer-wise learning-rate decay, or None for parameters outside the layered trunk.
         full_learning_rates: component -> base learning rate of full fine-tuning (before
             ``finetune.lr_scale``); ``default`` for the components without one.
+        full_lr_scale: ``finetune.lr_scale`` when a config sets none (SAM3: Meta's 0.1).
         build_task: ``(config, loaded) -> task`` without datasets (``param-groups`` uses it).
         gated_hint: what to do when the default weights cannot be downloaded.
         unused_modules: modules of the ``transformers`` model that its forward never runs:
@@ -41,6 +42,11 @@ class TaskSpec:
         default_target_modules: ``lora.target_modules`` when the config sets none: per component
             the dotted name suffixes of the adapted layers; None = the schema's default (SAM3's).
         hub_ids: hub ids known to be this family's (``--model`` picks the family from them).
+        default_layout: ``output.layout`` of LoRA runs when the config says ``auto``
+            (:mod:`sam3_lora.engine.layout`); full fine-tuning always uses ``standard``.
+        model_size: ``model.name_or_path -> size`` in run folder names (``large``); None: the
+            name's last part.
+        best_metrics: ``(label, metric)`` pairs in the names of the best folders.
         float_modules: module names (prefixes up to a ``.``) whose linear layers stay in float
             when the base is loaded in 4 bits (``model.quantization: 4bit``): heads and small
             layers, where rounding costs more than it saves.
@@ -60,11 +66,15 @@ class TaskSpec:
     build_recipe: Callable[..., Any] | None = None
     layer_of: Callable[[str, int], tuple[str, int, int] | None] | None = None
     full_learning_rates: dict[str, float] = field(default_factory=dict)
+    full_lr_scale: float = 0.1
     build_task: Callable[..., Any] | None = None
     gated_hint: str = ""
     unused_modules: tuple[str, ...] = ()
     default_target_modules: dict[str, tuple[str, ...]] | None = None
     hub_ids: tuple[str, ...] = ()
+    default_layout: str = "standard"
+    model_size: Callable[[str], str] | None = None
+    best_metrics: tuple[tuple[str, str], ...] = ()
     float_modules: tuple[str, ...] = ()
 
     def component_of(self, name: str) -> str:
