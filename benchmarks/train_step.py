@@ -1,10 +1,19 @@
-"""Training-step benchmark: speed, time split and peak memory of the real concept task step.
+"""Training-step benchmark: speed, time split and peak memory of a task's real training step.
 
-Each step is what ``sam3-lora train`` runs: batch -> ``task.model`` (vision features once per
-image, shared by its prompts) -> ``task.loss`` -> backward -> AdamW. The step is split into
-data (building the batch and moving it to the device), vision forward (the ViT + neck, timed
-with forward hooks on ``vision_encoder``), rest of forward (text, DETR, masks), loss, backward
-and optimizer (step + zero_grad); CUDA events on a GPU, ``perf_counter`` on CPU.
+Each step is what ``sam3-lora train`` runs: batch -> ``task.model`` -> ``task.loss`` -> backward
+-> AdamW. Concept (SAM3, ``--model tiny|sam3-size``): vision features once per image, shared by
+its prompts. Promptable (``--model tiny-sam2|sam2.1-large-size|sam3-tracker-size``, preset
+``sam2_lora``): the first prompt and the corrective clicks of every object, image embeddings once
+per image. The step is split into data (building the batch and moving it to the device), vision
+forward (timed with forward hooks on ``vision_encoder``), rest of forward, loss, backward and
+optimizer (step + zero_grad); CUDA events on a GPU, ``perf_counter`` on CPU.
+
+``--quantization 4bit``: the QLoRA base (bitsandbytes). ``--compile``: ``training.compile`` (the
+vision encoder compiled); ``--compare_compile`` interleaves an eager and a compiled copy. The
+warm-up step's time is reported apart (``first step``: with compile, compiling is in it).
+``--cache_vision_features``: ``training.cache_vision_features`` (frozen vision encoder: preset
+``decoder_only``); the batches repeat their image indices, so steps after the warm-up hit the
+cache, as epochs after the first do.
 
 ``--compare`` interleaves, in one process, the naive variant (fp32, the image re-encoded for
 every prompt, mask losses at the full target resolution) with the optimised one (the
@@ -14,6 +23,8 @@ AdamW on CUDA) and prints the ratios. Medians over ``--steps`` steps after one w
     python benchmarks/train_step.py --model tiny --compare                  # CPU, seconds
     python benchmarks/train_step.py --model sam3-size --prompts_per_image 4 # GPU
     python benchmarks/train_step.py --model sam3-size --resolution 336      # CPU, reduced size
+    python benchmarks/train_step.py --model tiny-sam2 --batch_size 1         # SAM2, CPU
+    python benchmarks/train_step.py --model tiny --compare_compile          # eager vs compiled
 
 Peak memory: ``torch.cuda.max_memory_allocated`` per variant on a GPU; on CPU the process's peak
 RSS (one number for the process: with ``--compare`` it is the larger variant's).
@@ -28,20 +39,15 @@ import resource
 import statistics
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from bench_prompt_sharing import make_batch, naive_forward
-from transformers import Sam3Config, Sam3Model
+from bench_prompt_sharing import naive_forward
+from step_models import DEFAULT_PRESETS, MODELS, BenchTask, build_bench_task, family_of
 
 from sam3_lora.config import load_config
-from sam3_lora.models import LoadedModel, load_sam3
-from sam3_lora.tasks.concept.recipe import build_concept_task
-from sam3_lora.tasks.concept.task import ConceptTask
-from sam3_lora.tasks.concept.tiny import build_tiny_processor
 
 PARTS = ("data", "vision", "forward", "loss", "backward", "optimizer")
 
@@ -67,6 +73,7 @@ class Variant:
     share_vision: bool
     mask_loss_resolution: int | None
     fused_adamw: bool
+    compile: bool = False
 
 
 @dataclass
@@ -91,6 +98,11 @@ class Result:
     flop_bound_images_per_s: float | None
     date: str
     parts_ms: dict[str, float] = field(default_factory=dict)
+    family: str = "sam3"
+    quantization: str = "none"
+    compile: bool = False
+    first_step_ms: float | None = None  # the warm-up step (with compile: compiling included)
+    weights_gb: float | None = None  # base + adapters (4-bit weights with their statistics)
 
 
 class Timer:
@@ -126,67 +138,33 @@ class Timer:
         return totals
 
 
-def random_sam3(resolution: int) -> Sam3Model:
-    """The released SAM3 architecture with random weights, at ``resolution`` (multiple of 336:
-    the ViT's 14 px patches in 24-token windows)."""
-    if resolution % 336:
-        raise SystemExit(f"--resolution {resolution}: sam3-size needs a multiple of 336")
-    tokens = resolution // 14
-    config = Sam3Config()
-    config.vision_config.backbone_config.image_size = resolution
-    config.vision_config.backbone_feature_sizes = [[tokens * 4] * 2, [tokens * 2] * 2, [tokens] * 2]
-    torch.manual_seed(0)
-    return Sam3Model(config)
-
-
-def load(model: str, resolution: int | None) -> tuple[LoadedModel, int]:
-    """The base model and its input resolution."""
-    if model == "tiny":
-        loaded = load_sam3("tiny")
-        size = int(loaded.model.config.vision_config.image_size)
-        if resolution not in (None, size):
-            raise SystemExit(f"--resolution: the tiny SAM3 runs at {size} px only")
-        return loaded, size
-    if model == "sam3-size":
-        size = resolution or 1008
-        return LoadedModel(random_sam3(size), build_tiny_processor(), "sam3-size (random)"), size
-    raise SystemExit(
-        f"--model {model}: the SAM2.1 promptable task is not on this branch yet; skipped"
-    )
-
-
-def build_task(args: argparse.Namespace) -> tuple[ConceptTask, int, int]:
-    """The concept task of ``--preset`` on the model; (task, resolution, predicted-mask side)."""
-    loaded, resolution = load(args.model, args.resolution)
-    config = load_config(
-        args.preset,
-        {
-            "model.name_or_path": args.model,
-            "training.gradient_checkpointing": args.gradient_checkpointing,
-        },
-    )
-    task = build_concept_task(config, loaded)
-    task.model.to(args.device).train()
-    mask_side = int(task.model.sam3.config.vision_config.backbone_feature_sizes[0][0])
-    return task, resolution, mask_side
+def forward(bench: BenchTask, variant: Variant, batch: Any) -> Any:
+    """The variant's forward (concept: the image re-encoded per prompt when the variant does
+    not share it, and the variant's mask-loss grid set for the loss that follows)."""
+    task = bench.task
+    if bench.family == "sam3":
+        task.criterion.weights.mask_loss_resolution = variant.mask_loss_resolution
+        outputs = naive_forward(task, batch) if not variant.share_vision else task.model(batch)
+    else:
+        outputs = task.model(batch)
+    return outputs
 
 
 def run_step(
-    task: ConceptTask,
+    bench: BenchTask,
     optimizer: torch.optim.Optimizer,
     variant: Variant,
-    new_batch: Callable[[], Any],
     timer: Timer,
 ) -> None:
     """One training step of ``variant``, its parts recorded in ``timer``."""
+    task = bench.task
     device = next(task.model.parameters()).device
     timer.start("data")
-    batch = new_batch().to(device)
+    batch = bench.new_batch().to(device)
     timer.stop("data")
-    task.criterion.weights.mask_loss_resolution = variant.mask_loss_resolution
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=variant.precision == "bf16"):
         timer.start("forward")
-        outputs = naive_forward(task, batch) if not variant.share_vision else task.model(batch)
+        outputs = forward(bench, variant, batch)
         timer.stop("forward")
         timer.start("loss")
         loss = task.loss(outputs, batch)["loss"]
@@ -200,18 +178,17 @@ def run_step(
     timer.stop("optimizer")
 
 
-def count_flops(task: ConceptTask, variant: Variant, new_batch: Callable[[], Any]) -> float:
+def count_flops(bench: BenchTask, variant: Variant) -> float:
     """FLOPs of one forward + backward (``torch.utils.flop_counter``: matmuls, convolutions and
     attention, counted from shapes; element-wise work is not counted)."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    task = bench.task
     device = next(task.model.parameters()).device
-    batch = new_batch().to(device)
-    task.criterion.weights.mask_loss_resolution = variant.mask_loss_resolution
+    batch = bench.new_batch().to(device)
     with FlopCounterMode(display=False) as counter:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=variant.precision == "bf16"):
-            outputs = naive_forward(task, batch) if not variant.share_vision else task.model(batch)
-            loss = task.loss(outputs, batch)["loss"]
+            loss = task.loss(forward(bench, variant, batch), batch)["loss"]
         loss.backward()
     task.model.zero_grad(set_to_none=True)
     return float(counter.get_total_flops())
@@ -224,43 +201,61 @@ def peak_tflops(gpu_name: str | None) -> float | None:
     return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in gpu_name), None)
 
 
-def measure(args: argparse.Namespace, variants: list[Variant]) -> list[Result]:
-    """Interleave ``args.steps`` steps of each variant (after one warm-up each)."""
+def build(args: argparse.Namespace, compile_vision: bool) -> BenchTask:
+    """The benchmark's task on ``args.device`` (compiled or not)."""
+    overrides = {**config_overrides(args), "training.compile": compile_vision}
+    bench = build_bench_task(
+        args.model,
+        args.preset,
+        args.resolution,
+        args.batch_size,
+        args.prompts_per_image,
+        overrides,
+        args.device,
+    )
+    bench.task.model.to(args.device).train()
+    return bench
+
+
+def measure(args: argparse.Namespace, runs: list[tuple[Variant, BenchTask]]) -> list[Result]:
+    """Interleave ``args.steps`` steps of each (variant, task) run after one warm-up step each
+    (the warm-up's time is kept: with ``training.compile`` it includes compiling)."""
     device = torch.device(args.device)
-    task, resolution, mask_side = build_task(args)
-    for variant in variants:
-        if variant.mask_loss_resolution == -1:
-            variant.mask_loss_resolution = mask_side
-    params = [p for p in task.model.parameters() if p.requires_grad]
-    optimizers = {
-        v.name: torch.optim.AdamW(params, lr=1e-4, fused=v.fused_adamw or None) for v in variants
-    }
     timer = Timer(device)
-    vision = task.model.sam3.vision_encoder
-    vision.register_forward_pre_hook(lambda *_: timer.start("vision"))
-    vision.register_forward_hook(lambda *_: timer.stop("vision"))
+    optimizers, hooked = {}, set()
+    for variant, bench in runs:
+        if variant.mask_loss_resolution == -1:
+            variant.mask_loss_resolution = bench.mask_side
+        params = [p for p in bench.task.model.parameters() if p.requires_grad]
+        optimizers[variant.name] = torch.optim.AdamW(
+            params, lr=1e-4, fused=variant.fused_adamw or None
+        )
+        if id(bench.vision) not in hooked:
+            hooked.add(id(bench.vision))
+            bench.vision.register_forward_pre_hook(lambda *_: timer.start("vision"))
+            bench.vision.register_forward_hook(lambda *_: timer.stop("vision"))
 
-    def new_batch() -> Any:
-        return make_batch(args.batch_size, args.prompts_per_image, resolution, "cpu")
-
-    parts: dict[str, list[dict[str, float]]] = {v.name: [] for v in variants}
+    parts: dict[str, list[dict[str, float]]] = {v.name: [] for v, _ in runs}
+    first_ms = dict.fromkeys(parts, 0.0)
     peaks = dict.fromkeys(parts, 0.0)
     for step in range(args.steps + 1):
-        for variant in variants:
+        for variant, bench in runs:
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
-            run_step(task, optimizers[variant.name], variant, new_batch, timer)
+            run_step(bench, optimizers[variant.name], variant, timer)
             totals = timer.totals_ms()
             if device.type == "cuda":
                 peaks[variant.name] = max(peaks[variant.name], torch.cuda.max_memory_allocated())
-            if step:  # step 0 is the warm-up
+            if step:
                 parts[variant.name].append(totals)
+            else:  # the warm-up step (compiling, allocator, lazy init)
+                first_ms[variant.name] = sum(totals.values()) - totals.get("vision", 0.0)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
     gpu_name = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     peak = peak_tflops(gpu_name)
-    trainable = sum(p.numel() for p in params)
     results = []
-    for variant in variants:
+    for variant, bench in runs:
+        params = [p for p in bench.task.model.parameters() if p.requires_grad]
         median = {
             name: statistics.median(s.get(name, 0.0) for s in parts[variant.name]) for name in PARTS
         }
@@ -268,14 +263,14 @@ def measure(args: argparse.Namespace, variants: list[Variant]) -> list[Result]:
         step_ms = statistics.median(
             sum(s.values()) - s.get("vision", 0.0) for s in parts[variant.name]
         )
-        flops = count_flops(task, variant, new_batch) if args.flops else None
+        flops = count_flops(bench, variant) if args.flops else None
         bound = peak * 1e12 / flops * args.batch_size if flops and peak else None
         results.append(
             Result(
                 model=args.model,
                 preset=args.preset,
                 variant=variant.name,
-                resolution=resolution,
+                resolution=bench.resolution,
                 batch_size=args.batch_size,
                 prompts_per_image=args.prompts_per_image,
                 precision=variant.precision,
@@ -285,11 +280,16 @@ def measure(args: argparse.Namespace, variants: list[Variant]) -> list[Result]:
                 images_per_s=args.batch_size / step_ms * 1e3,
                 step_ms=step_ms,
                 peak_memory_gb=(peaks[variant.name] if gpu_name else rss) / 1e9,
-                trainable_parameters=trainable,
+                trainable_parameters=sum(p.numel() for p in params),
                 flops_per_step=flops,
                 flop_bound_images_per_s=bound,
                 date=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                 parts_ms=median,
+                family=bench.family,
+                quantization=args.quantization,
+                compile=variant.compile,
+                first_step_ms=first_ms[variant.name],
+                weights_gb=bench.weights["total"] / 1e9,
             )
         )
     return results
@@ -302,7 +302,8 @@ def print_table(results: list[Result]) -> None:
         f"{first.model} / {first.preset}, {first.resolution} px, batch {first.batch_size}, "
         f"{first.prompts_per_image} prompts/image, checkpointing "
         f"{'on' if first.gradient_checkpointing else 'off'}, {first.gpu_name or first.device}, "
-        f"{first.trainable_parameters / 1e6:.2f} M trainable"
+        f"{first.trainable_parameters / 1e6:.2f} M trainable, base "
+        f"{'4-bit' if first.quantization == '4bit' else 'float'}"
     )
     print(
         "ms per step (median)  "
@@ -312,9 +313,11 @@ def print_table(results: list[Result]) -> None:
     labels = {"forward": "rest of forward", "optimizer": "optimizer"}
     rows = [(labels.get(p, p), [r.parts_ms[p] for r in results], "{:.1f}") for p in PARTS]
     rows.append(("step", [r.step_ms for r in results], "{:.1f}"))
+    rows.append(("first step (warm-up)", [r.first_step_ms or 0.0 for r in results], "{:.1f}"))
     rows.append(("images/s", [r.images_per_s for r in results], "{:.2f}"))
     memory = "peak GB (CUDA)" if first.gpu_name else "peak RSS GB"
     rows.append((memory, [r.peak_memory_gb for r in results], "{:.2f}"))
+    rows.append(("weights MB", [(r.weights_gb or 0.0) * 1e3 for r in results], "{:.1f}"))
     if first.flops_per_step:
         rows.append(("GFLOP per step", [r.flops_per_step / 1e9 for r in results], "{:.1f}"))
     if first.flop_bound_images_per_s:
@@ -326,9 +329,10 @@ def print_table(results: list[Result]) -> None:
             line += f"{ratio:>11.2f}x"
         print(line)
     if len(results) == 2:
+        first, second = results[0].variant, results[1].variant
         print(
-            "ratio = naive / optimised (> 1: the optimised variant is faster / smaller, "
-            "except images/s where < 1 is better)"
+            f"ratio = {first} / {second} (> 1: {second} is faster / smaller, except images/s "
+            "where < 1 is better)"
         )
 
 
@@ -345,6 +349,11 @@ MARKDOWN_COLUMNS = (
     "images_per_s",
     "flop_bound_images_per_s",
     "peak_memory_gb",
+    "quantization",
+    "compile",
+    "first_step_ms",
+    "setting",
+    "latency_ms_per_image",
     "date",
 )
 
@@ -353,6 +362,8 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     """Result rows as a markdown table."""
 
     def cell(value: Any) -> str:
+        if value is None:
+            return ""
         return f"{value:.3g}" if isinstance(value, float) else str(value)
 
     lines = ["| " + " | ".join(MARKDOWN_COLUMNS) + " |", "|" + "---|" * len(MARKDOWN_COLUMNS)]
@@ -360,14 +371,16 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> list[Result]:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", choices=tuple(MODELS), default="tiny")
     parser.add_argument(
-        "--model", choices=("tiny", "sam3-size", "sam2.1-large-size"), default="tiny"
+        "--preset", default=None, help="default: balanced (SAM3), sam2_lora (promptable)"
     )
-    parser.add_argument("--preset", default="balanced")
     parser.add_argument("--batch_size", type=int, default=2)
-    parser.add_argument("--prompts_per_image", type=int, default=4)
+    parser.add_argument(
+        "--prompts_per_image", type=int, default=4, help="concept: prompts; promptable: objects"
+    )
     parser.add_argument("--resolution", type=int, default=None)
     parser.add_argument(
         "--precision",
@@ -376,6 +389,18 @@ def main(argv: list[str] | None = None) -> list[Result]:
         help="of the optimised variant; default bf16 on CUDA, fp32 on CPU",
     )
     parser.add_argument("--gradient_checkpointing", action="store_true")
+    parser.add_argument(
+        "--quantization", choices=("none", "4bit"), default="none", help="4bit: QLoRA base"
+    )
+    parser.add_argument("--compile", action="store_true", help="training.compile: true")
+    parser.add_argument(
+        "--compare_compile", action="store_true", help="eager vs compiled, interleaved"
+    )
+    parser.add_argument(
+        "--cache_vision_features",
+        action="store_true",
+        help="training.cache_vision_features (a frozen vision encoder: e.g. decoder_only)",
+    )
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--compare", action="store_true", help="naive vs optimised, interleaved")
     parser.add_argument("--flops", action="store_true", help="count FLOPs (one extra step)")
@@ -384,21 +409,49 @@ def main(argv: list[str] | None = None) -> list[Result]:
     parser.add_argument("--parse_only", action="store_true", help="check the arguments, exit")
     parser.add_argument("--markdown", type=Path, default=None, help="print a JSON file as a table")
     args = parser.parse_args(argv)
+    family = family_of(args.model)
+    args.preset = args.preset or DEFAULT_PRESETS[family]
+    if family != "sam3" and args.compare:
+        parser.error("--compare (naive vs optimised) is the concept task's; drop it")
+    if args.compare and args.compare_compile:
+        parser.error("--compare and --compare_compile: one comparison per run")
+    return args
+
+
+def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The config keys the flags set (checked by ``--parse_only``)."""
+    overrides: dict[str, Any] = {
+        "model.family": family_of(args.model),
+        "model.name_or_path": MODELS[args.model][1],
+        "model.quantization": args.quantization,
+        "training.gradient_checkpointing": args.gradient_checkpointing,
+    }
+    if args.cache_vision_features:
+        overrides.update({"training.cache_vision_features": True, "data.augment": False})
+    return overrides
+
+
+def main(argv: list[str] | None = None) -> list[Result]:
+    args = parse_args(argv)
     if args.markdown:
         print(markdown_table(json.loads(args.markdown.read_text())))
         return []
     if args.parse_only:
-        load_config(args.preset)
+        load_config(args.preset, {**config_overrides(args), "training.compile": args.compile})
         print(f"ok: {vars(args)}")
-        return []
-    if args.model == "sam2.1-large-size":
-        print("sam2.1-large-size: the SAM2.1 promptable task is not on this branch yet; skipped")
         return []
     cuda = torch.device(args.device).type == "cuda"
     precision = args.precision or ("bf16" if cuda else "fp32")
-    optimised = Variant("optimised", precision, True, -1, cuda)
-    naive = Variant("naive", "fp32", False, None, False)
-    results = measure(args, [naive, optimised] if args.compare else [optimised])
+    optimised = Variant("optimised", precision, True, -1, cuda, compile=args.compile)
+    if args.compare_compile:
+        eager = Variant("eager", precision, True, -1, cuda)
+        compiled = Variant("compiled", precision, True, -1, cuda, compile=True)
+        runs = [(eager, build(args, False)), (compiled, build(args, True))]
+    else:
+        bench = build(args, args.compile)
+        naive = Variant("naive", "fp32", False, None, False)
+        runs = [(naive, bench), (optimised, bench)] if args.compare else [(optimised, bench)]
+    results = measure(args, runs)
     print_table(results)
     if args.json:
         rows = json.loads(args.json.read_text()) if args.json.is_file() else []

@@ -54,6 +54,13 @@ class ModelSettings(_Section):
         "tiny, tiny-random, sam2.1-{tiny,small,base-plus,large}-size (sam2); "
         "tiny-random, sam3-tracker-size (sam3_tracker)",
     )
+    quantization: Literal["none", "4bit"] = Field(
+        "none",
+        description="4bit: QLoRA, the base loaded in 4 bits (bitsandbytes NF4, double "
+        "quantisation; matmuls in bf16 on a GPU, fp32 on CPU) with LoRA in float on top, for "
+        "8-12 GB GPUs; heads and small layers stay in float; LoRA mode only; needs "
+        '`pip install "sam3-lora[qlora]"`. The adapter loads onto the float base',
+    )
 
 
 class LoraSettings(_Section):
@@ -177,6 +184,12 @@ class TrainingSettings(_Section):
         description="keep each training image's vision features in CPU memory after the first "
         "epoch and reuse them (epochs after the first skip the ViT); needs a frozen vision "
         "encoder (no adapter in it) and data.augment: false, horizontal_flip: false",
+    )
+    compile: bool = Field(
+        False,
+        description="torch.compile the vision encoder (one fixed image size: one graph); the "
+        "first step pays the compile time (minutes at 1008 px). Off by default: see "
+        "benchmarks/README.md for what it measured",
     )
 
 
@@ -496,6 +509,16 @@ class Config(_Section):
                     f"lora.target_modules: `{unknown[0]}` is not a component of "
                     f"{self.model.family}; its components: {', '.join(components)}"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _quantization_needs_lora(self) -> Config:
+        if self.model.quantization != "none" and self.finetune.mode != "lora":
+            raise ValueError(
+                f"model.quantization {self.model.quantization} trains LoRA adapters on a frozen "
+                "4-bit base; finetune.mode full would train the 4-bit weights themselves. Set "
+                "finetune.mode: lora, or model.quantization: none"
+            )
         return self
 
     @model_validator(mode="after")

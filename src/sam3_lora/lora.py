@@ -176,8 +176,13 @@ def build_peft_config(model: torch.nn.Module, settings: LoraSettings) -> LoraCon
 
 def apply_lora_to_model(model: torch.nn.Module, settings: LoraSettings | None = None) -> PeftModel:
     """Freeze ``model`` and inject LoRA adapters; only adapter weights (and
-    ``modules_to_save``) stay trainable."""
+    ``modules_to_save``) stay trainable. A 4-bit base (QLoRA) gets PEFT's k-bit preparation
+    first (:func:`sam3_lora.quantization.prepare_4bit_training`)."""
     settings = settings or LoraSettings()
+    if getattr(model, "is_loaded_in_4bit", False):
+        from sam3_lora.quantization import prepare_4bit_training
+
+        model = prepare_4bit_training(model)
     if settings.modules_to_save:
         known = {name for name, _ in model.named_modules()}
         for name in settings.modules_to_save:

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import socket
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,16 +39,26 @@ def load_model(
     family: str = "sam3",
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
+    quantization: str = "none",
 ) -> LoadedModel:
     """Load a family's model + processor from a hub id, a local folder or one of its aliases
     (SAM3: ``tiny``, ``tiny-random``, ``sam3-size``; SAM2: ``tiny``, ``tiny-random``,
     ``sam2.1-large-size`` ...; see ``TaskSpec.aliases``).
 
+    Args:
+        quantization: ``4bit``: the base in 4 bits for QLoRA (``model.quantization``; see
+            :mod:`sam3_lora.quantization`), on this process's GPU when there is one (``device``
+            is then not used); ``none``: in ``dtype`` on ``device``.
+
     Raises:
-        ModelLoadError: with the fix, when weights are missing or not reachable.
+        ModelLoadError: with the fix, when weights are missing or not reachable, or a model
+            built without weights is asked for in 4 bits.
+        ConfigError: 4 bits without bitsandbytes installed.
     """
     spec = get_spec(family)
     name_or_path = name_or_path or spec.default_model
+    if quantization == "4bit":
+        return load_4bit_model(name_or_path, spec)
     source: Any = name_or_path
     model = processor = None
     if name_or_path in spec.aliases:
@@ -75,6 +86,59 @@ def load_model(
     # Adapters record this as their base model: keep the name the user gave (`tiny`, a hub id).
     model.name_or_path = model.config.name_or_path = name_or_path
     return LoadedModel(model=model, processor=processor, source=str(source), spec=spec)
+
+
+def load_4bit_model(name_or_path: str, spec: TaskSpec) -> LoadedModel:
+    """The base in 4 bits (``BitsAndBytesConfig`` at ``from_pretrained``). A model an alias
+    builds in memory (``tiny-random``) is saved to a temporary folder and loaded from there; one
+    built on the meta device (``*-size``) has no weights to quantise: an error."""
+    from sam3_lora.quantization import (
+        bnb_4bit_config,
+        quantized_device,
+        require_bitsandbytes,
+        use_generic_cpu_kernel,
+    )
+
+    require_bitsandbytes()
+    device = quantized_device()
+    config = bnb_4bit_config(spec, device)
+    with tempfile.TemporaryDirectory(prefix="sam3-lora-4bit-") as scratch:
+        source, processor = name_or_path, None
+        if name_or_path in spec.aliases:
+            built, processor = spec.build_alias(name_or_path)
+            if isinstance(built, Path):
+                source = str(built)
+            elif built.device.type == "meta":
+                raise ModelLoadError(
+                    f"model.quantization 4bit: `{name_or_path}` is built on the meta device, "
+                    "without weights to quantise; use a hub id or a model folder (or "
+                    "model.quantization: none)"
+                )
+            else:
+                built.save_pretrained(scratch, safe_serialization=True)
+                source = scratch
+        else:
+            _check_alias_family(name_or_path, spec)
+            source = _resolve_source(name_or_path)
+        if Path(source).is_dir():
+            _check_folder_family(Path(source), spec)
+        model = _from_pretrained(
+            spec.model_class,
+            source,
+            spec,
+            quantization_config=config,
+            device_map={"": device},
+            dtype=torch.float32,
+        )
+        if processor is None:
+            processor = _from_pretrained(spec.processor_class, source, spec)
+        shown = name_or_path if source == scratch else str(source)
+    if device.type == "cpu":
+        use_generic_cpu_kernel(model)
+    model.eval()
+    model.name_or_path = model.config.name_or_path = name_or_path
+    logger.info("%s loaded in 4 bits on %s", name_or_path, device)
+    return LoadedModel(model=model, processor=processor, source=shown, spec=spec)
 
 
 def load_sam3(

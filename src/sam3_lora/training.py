@@ -26,7 +26,9 @@ logger = logging.getLogger(__name__)
 
 def build_recipe(config: Config) -> TaskRecipe:
     """Load the base model of ``model.family`` and build its task and datasets."""
-    loaded = load_model(config.model.name_or_path, config.model.family)
+    loaded = load_model(
+        config.model.name_or_path, config.model.family, quantization=config.model.quantization
+    )
     return loaded.spec.build_recipe(config, loaded)
 
 

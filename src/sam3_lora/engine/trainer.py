@@ -531,13 +531,15 @@ class Trainer:
 
     def _save_best(self, metrics: dict[str, float], write: Callable[[Path], None]) -> None:
         """``best/``; in the ``sam2_lora`` layout the ``best_lora_...`` adapter and, when the
-        task can fold it in, the ``best_merged_...`` model, replacing the previous pair (each
-        folder atomic; the old pair goes once the new one is complete)."""
+        task can fold it in (``task.can_merge``, default yes), the ``best_merged_...`` model,
+        replacing the previous pair (each folder atomic; the old pair goes once the new one is
+        complete)."""
         step = self.state.global_step
         written = [atomic_directory_write(self.layout.best_dir(step, metrics), write)]
         save_merged = getattr(self.task, "save_merged_weights", None)
         sharded = self.accelerator.distributed_type == DistributedType.FSDP
-        if self.layout.named and save_merged is not None and not sharded:
+        mergeable = getattr(self.task, "can_merge", True) and not sharded
+        if self.layout.named and save_merged is not None and mergeable:
             target = self.layout.best_dir(step, metrics, merged=True)
             written.append(atomic_directory_write(target, save_merged))
         self.layout.prune_bests(keep=tuple(written))

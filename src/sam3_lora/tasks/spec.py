@@ -47,6 +47,9 @@ class TaskSpec:
         model_size: ``model.name_or_path -> size`` in run folder names (``large``); None: the
             name's last part.
         best_metrics: ``(label, metric)`` pairs in the names of the best folders.
+        float_modules: module names (prefixes up to a ``.``) whose linear layers stay in float
+            when the base is loaded in 4 bits (``model.quantization: 4bit``): heads and small
+            layers, where rounding costs more than it saves.
     """
 
     family: str
@@ -72,6 +75,7 @@ class TaskSpec:
     default_layout: str = "standard"
     model_size: Callable[[str], str] | None = None
     best_metrics: tuple[tuple[str, str], ...] = ()
+    float_modules: tuple[str, ...] = ()
 
     def component_of(self, name: str) -> str:
         """The component flag that covers a module or parameter name (its top-level module

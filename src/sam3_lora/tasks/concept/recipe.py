@@ -7,6 +7,7 @@ import logging
 import torch
 from peft import PeftModel
 
+from sam3_lora.compile import compile_vision_encoder
 from sam3_lora.config import Config
 from sam3_lora.data.negative_cache import NegativeCheck
 from sam3_lora.data.sources import resolve_data_splits
@@ -112,10 +113,13 @@ def vision_feature_cache(config: Config, network: torch.nn.Module) -> VisionFeat
 def build_concept_task(config: Config, loaded: LoadedModel) -> ConceptTask:
     """The concept task of ``config`` on the loaded base model: LoRA injected
     (``finetune.mode: lora``) or the weights made trainable (``full``), activation
-    checkpointing on when ``training.gradient_checkpointing`` says so."""
+    checkpointing on when ``training.gradient_checkpointing`` says so, the vision encoder
+    compiled when ``training.compile`` does."""
     network = prepare_network(loaded.model, config)
     if config.training.gradient_checkpointing:
         enable_activation_checkpointing(network)
+    if config.training.compile:
+        compile_vision_encoder(network)
     weights = LossWeights(**config.loss.model_dump(exclude={"type"}))
     cache = vision_feature_cache(config, network)
     # `sam3-size` (meta device) has no processor: its task reports groups but cannot run.

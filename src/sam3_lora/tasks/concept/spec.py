@@ -48,6 +48,22 @@ _VIT_STEM = (
 #: ``lr_vision_backbone``, ``lr_language_backbone``), multiplied by ``finetune.lr_scale`` (0.1).
 FULL_LEARNING_RATES = {"vision_encoder": 2.5e-4, "text_encoder": 5e-5, "default": 8e-4}
 
+#: Kept in float under ``model.quantization: 4bit`` (about 1 % of the released model's linear
+#: weights): the small components (geometry encoder, mask decoder), the detector's heads (box,
+#: presence, reference points, box position bias, the scoring head) and the text projection.
+#: 4-bit: the ViT, the CLIP text encoder and the DETR encoder / decoder layers.
+FLOAT_MODULES = (
+    "text_projection",
+    "geometry_encoder",
+    "detr_decoder.box_head",
+    "detr_decoder.presence_head",
+    "detr_decoder.ref_point_head",
+    "detr_decoder.box_rpb_embed_x",
+    "detr_decoder.box_rpb_embed_y",
+    "dot_product_scoring",
+    "mask_decoder",
+)
+
 
 def build_alias(name: str) -> tuple[Any, Any]:
     """``tiny`` -> the shipped folder's path; ``tiny-random`` / ``sam3-size`` -> built models."""
@@ -109,4 +125,5 @@ SPEC = TaskSpec(
     # CLIP's own output projection: Sam3Model projects text features with its top-level
     # `text_projection` instead.
     unused_modules=("text_encoder.text_projection",),
+    float_modules=FLOAT_MODULES,
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 
+from sam3_lora.compile import compile_vision_encoder
 from sam3_lora.config import Config
 from sam3_lora.data.coco import CocoDataset
 from sam3_lora.errors import ConfigError
@@ -86,8 +87,11 @@ def warn_box_only(coco: CocoDataset) -> int:
 def build_promptable_task(config: Config, loaded: LoadedModel) -> PromptableTask:
     """The promptable task of ``config`` on the loaded base model: LoRA injected
     (``finetune.mode: lora``) or the weights made trainable (``full``), with the optimizer
-    groups of the mode (Meta's SAM2.1 groups in full mode)."""
+    groups of the mode (Meta's SAM2.1 groups in full mode); the image encoder compiled when
+    ``training.compile`` says so."""
     network = prepare_network(loaded.model, config)
+    if config.training.compile:
+        compile_vision_encoder(network)
     settings = config.loss.model_dump(exclude={"type"})
     module = PromptableModel(network, **{k: settings.pop(k) for k in MODULE_SETTINGS})
     return PromptableTask(

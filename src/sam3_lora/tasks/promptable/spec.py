@@ -417,6 +417,11 @@ _GATED_HINTS = {
 }
 
 
+#: Kept in float under ``model.quantization: 4bit``: the prompt encoder and the mask decoder
+#: (about 4 M parameters together, their outputs are the masks); the image encoder is 4-bit.
+FLOAT_MODULES = ("prompt_encoder", "mask_decoder")
+
+
 def _task_spec(family: str, default_model: str, hub_ids: tuple[str, ...]) -> TaskSpec:
     facts = SPECS[family]
     return TaskSpec(
@@ -442,6 +447,7 @@ def _task_spec(family: str, default_model: str, hub_ids: tuple[str, ...]) -> Tas
         default_layout="sam2_lora",
         model_size=model_size,
         best_metrics=(("iou", "val/miou"), ("dice", "val/dice")),
+        float_modules=FLOAT_MODULES,
     )
 
 

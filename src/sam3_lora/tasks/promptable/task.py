@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,8 @@ from sam3_lora.tasks.promptable.loss import TERMS, PromptableLoss
 from sam3_lora.tasks.promptable.module import PromptableModel, PromptableOutputs
 from sam3_lora.tasks.promptable.samples import PromptBatch, PromptSample, collate_prompt_samples
 from sam3_lora.tasks.promptable.validation import outputs_statistics, summarize
+
+logger = logging.getLogger(__name__)
 
 #: Validation prompts besides the module's own (``box``): each adds ``val/<prompt>_miou`` and
 #: ``val/<prompt>_dice``.
@@ -139,6 +142,23 @@ class PromptableTask:
         self.network.save_pretrained(folder, state_dict=state_dict, safe_serialization=True)
         if self.processor is not None:
             self.processor.save_pretrained(folder)
+
+    @property
+    def can_merge(self) -> bool:
+        """Whether :meth:`save_merged_weights` can fold the adapter in: not on a 4-bit base
+        (QLoRA), whose merge belongs on the float base (``sam3-lora merge`` of the best adapter);
+        the trainer then writes the adapter alone."""
+        from sam3_lora.quantization import is_4bit
+
+        if is_4bit(self.network):
+            if not getattr(self, "_merge_note_logged", False):
+                logger.info(
+                    "4-bit base (QLoRA): no best_merged folder; merge the best adapter onto the "
+                    "float base with `sam3-lora merge`"
+                )
+                self._merge_note_logged = True
+            return False
+        return True
 
     def save_merged_weights(self, folder: Path) -> None:
         """Write the model with the adapter folded in (a plain ``Sam2Model`` /
