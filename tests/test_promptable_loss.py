@@ -165,7 +165,9 @@ def test_steps_and_groups_are_summed_and_divided_by_num_objects() -> None:
     both = loss([[first], second], targets_t)
     alone = [loss([first], targets_t), loss([second], targets_t)]
     for name in ("loss", "mask_focal", "mask_dice", "iou", "object_score"):
-        assert both[name].item() == pytest.approx((alone[0][name] + alone[1][name]).item(), rel=1e-6)
+        assert both[name].item() == pytest.approx(
+            (alone[0][name] + alone[1][name]).item(), rel=1e-6
+        )
     single = _reference(logits[:, :1] - 0.5, ious[:, :1], object_logits, targets)
     _assert_terms(alone[1], single)
 

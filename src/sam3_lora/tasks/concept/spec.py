@@ -83,6 +83,12 @@ def build_task(config: Any, loaded: Any) -> Any:
     return build_concept_task(config, loaded)
 
 
+def memory_probe(config: Any, model: Any, resolution: int | None) -> Any:
+    from sam3_lora.tasks.concept.memory import ConceptMemoryProbe
+
+    return ConceptMemoryProbe(config, model, resolution)
+
+
 def build_recipe(config: Any, loaded: Any) -> Any:
     from sam3_lora.tasks.concept.recipe import build_concept_recipe
 
@@ -109,4 +115,6 @@ SPEC = TaskSpec(
     # CLIP's own output projection: Sam3Model projects text features with its top-level
     # `text_projection` instead.
     unused_modules=("text_encoder.text_projection",),
+    hub_architectures={"facebook/sam3": "sam3-size"},
+    memory_probe=memory_probe,
 )
