@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from rich.console import Console
 from sam3_lora.config import Config, load_config
 from sam3_lora.engine.trainer import Trainer
 from sam3_lora.lora import parameter_report, parameter_table
+from sam3_lora.memory.report import oom_advice
 from sam3_lora.models import load_model
 from sam3_lora.tasks.spec import TaskRecipe
 
@@ -63,7 +65,13 @@ class SAM3TrainerNative:
             output_dir = Path(config.output.output_dir)
             output_dir.mkdir(parents=True, exist_ok=True)
             (output_dir / "config.yaml").write_text(config.to_yaml(), encoding="utf-8")
-        trainer = Trainer(config, recipe.task, recipe.train_dataset, recipe.valid_dataset)
+        trainer = Trainer(
+            config,
+            recipe.task,
+            recipe.train_dataset,
+            recipe.valid_dataset,
+            memory_advice=partial(oom_advice, config),
+        )
         summary = trainer.train(resume=resume)
         if main:
             self.console.print(trainer.summary_table)

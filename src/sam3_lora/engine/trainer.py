@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -91,6 +92,8 @@ class Trainer:
         config: the run's config (``training``, ``evaluation`` and ``output`` sections are used).
         task: the task (see :mod:`sam3_lora.engine.task`).
         train_dataset / valid_dataset: datasets of the task's samples (``set_epoch`` optional).
+        memory_advice: ``(GPU bytes or None) -> text`` that the out-of-memory stop puts in its
+            message (the caller's estimate and the settings to change); default: a generic list.
     """
 
     def __init__(
@@ -99,8 +102,10 @@ class Trainer:
         task: Task,
         train_dataset: Dataset,
         valid_dataset: Dataset | None,
+        memory_advice: Callable[[int | None], str] | None = None,
     ) -> None:
         self.config = config
+        self.memory_advice = memory_advice
         self.task = task
         self.train_dataset = train_dataset
         self.valid_dataset = valid_dataset
@@ -269,9 +274,7 @@ class Trainer:
             settings = self.config.training
             raise TrainingError(
                 f"out of GPU memory at step {self.state.global_step + 1} (batch "
-                f"{settings.batch_size} per process): lower training.batch_size (or, for SAM3, "
-                "data.max_prompts_per_image), turn on training.gradient_checkpointing, set "
-                "loss.mask_loss_resolution, or adapt fewer components (a smaller preset). "
+                f"{settings.batch_size} per process): {self._out_of_memory_advice()}. "
                 "Checkpoints are in "
                 f"{self.checkpoints_dir}; --resume continues from the last one"
             ) from None
@@ -286,6 +289,25 @@ class Trainer:
                 f"s): {str(error).strip().splitlines()[0][:200]}. Checkpoints are in "
                 f"{self.checkpoints_dir}; start the run again with --resume"
             ) from None
+
+    def _out_of_memory_advice(self) -> str:
+        """The caller's advice (its estimate and the settings to change), else a generic one."""
+        generic = (
+            "lower training.batch_size (or data.max_prompts_per_image), turn on "
+            "training.gradient_checkpointing, set loss.mask_loss_resolution, or adapt fewer "
+            "components (a smaller preset)"
+        )
+        if self.memory_advice is None:
+            return generic
+        gpu_memory = None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+            gpu_memory = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+        try:
+            return self.memory_advice(gpu_memory)
+        except Exception as error:  # the advice must not hide the out-of-memory stop
+            logger.warning("memory advice failed: %s", error)
+            return generic
 
     def _train(self, resume: str | Path | bool | None) -> dict[str, Any]:
         self.setup()

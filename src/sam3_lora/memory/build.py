@@ -39,8 +39,23 @@ def architecture(name: str, spec: TaskSpec) -> tuple[torch.nn.Module, str]:
         return spec.model_class(config), given
 
 
+#: Memory models of this process by (config, resolution): probes are kept with their counts.
+_BUILT: dict[tuple[str, int | None], tuple[MemoryModel, str]] = {}
+_KEEP = 4
+
+
 def memory_model(config: Config, resolution: int | None = None) -> tuple[MemoryModel, str]:
-    """The :class:`MemoryModel` of ``config`` (its family's probe on the meta-device model)."""
+    """The :class:`MemoryModel` of ``config`` (its family's probe on the meta-device model);
+    the last few are kept, with their probe counts."""
+    key = (config.model_dump_json(), resolution)
+    if key not in _BUILT:
+        if len(_BUILT) >= _KEEP:
+            _BUILT.pop(next(iter(_BUILT)))
+        _BUILT[key] = _build(config, resolution)
+    return _BUILT[key]
+
+
+def _build(config: Config, resolution: int | None) -> tuple[MemoryModel, str]:
     spec = get_spec(config.model.family)
     if spec.memory_probe is None:
         raise ModelLoadError(f"model.family {spec.family}: no memory estimate for this task")

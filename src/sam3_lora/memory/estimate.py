@@ -24,7 +24,7 @@ from typing import Protocol
 
 import torch
 
-from sam3_lora.memory.probe import SavedTensors
+from sam3_lora.memory.probe import Count
 
 GIB = 1024**3
 #: NF4: 4 bits per weight + one fp32 absmax per 64 weights (bitsandbytes, no double quant).
@@ -46,7 +46,7 @@ class MemoryProbe(Protocol):
 
     def run(
         self, images: int, prompts_per_image: int, dtype: torch.dtype | None, checkpointing: bool
-    ) -> SavedTensors:
+    ) -> Count:
         """Count one training forward + loss of ``images`` x ``prompts_per_image``."""
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -104,6 +105,30 @@ class _WeightCopies(TorchDispatchMode):
         return out
 
 
+@dataclass(frozen=True)
+class Count:
+    """Bytes a step keeps: all (weight copies included), autocast weight copies, the largest
+    single tensor."""
+
+    bytes: int
+    weight_copy_bytes: int
+    largest: int
+
+    def __add__(self, other: Count) -> Count:
+        return Count(
+            self.bytes + other.bytes,
+            self.weight_copy_bytes + other.weight_copy_bytes,
+            max(self.largest, other.largest),
+        )
+
+    def per_images(self, images: int) -> Count:
+        """This count of one image, for ``images`` images (the weight copies once)."""
+        activations = (self.bytes - self.weight_copy_bytes) * images
+        return Count(
+            activations + self.weight_copy_bytes, self.weight_copy_bytes, self.largest * images
+        )
+
+
 class SavedTensors:
     """Bytes of the tensors autograd saves inside the ``with`` block, plus those added with
     :meth:`keep` (outputs alive until the backward pass), each storage once, parameters not.
@@ -159,6 +184,16 @@ class SavedTensors:
         """The largest single storage (activation gradients of its size appear in backward)."""
         return max((s.nbytes() for s in self.storages.values()), default=0)
 
+    def count(self) -> Count:
+        return Count(self.bytes, self.weight_copy_bytes, self.largest)
+
 
 def _unpack(tensor: Tensor) -> Tensor:
     return tensor
+
+
+def leaf_like(tensor: Tensor, batch: int) -> Tensor:
+    """A leaf shaped as ``tensor`` with ``batch`` rows that requires grad as it did (the
+    vision features of ``batch`` images, standing in for the encoder's output)."""
+    leaf = tensor.new_zeros((batch, *tensor.shape[1:]))
+    return leaf.requires_grad_(tensor.requires_grad)

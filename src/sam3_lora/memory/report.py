@@ -63,6 +63,7 @@ class Suggestion:
 
     change: str
     estimate: MemoryEstimate
+    settings_changed: int = 1
 
 
 def suggestions(
@@ -92,15 +93,15 @@ def suggestions(
         candidate = replace(settings, **changes)
         estimate = model.estimate(candidate)
         if estimate.total <= budget and labels:
-            found.append(Suggestion(", ".join(labels), estimate))
+            found.append(Suggestion(", ".join(labels), estimate, len(labels)))
             continue
         prompts = _most_prompts(model, candidate, budget)
         if prompts is not None and prompts - negatives >= 1:
             cap = f"max_prompts_per_image: {prompts - negatives}"
             fewer = model.estimate(replace(candidate, prompts_per_image=prompts))
-            found.append(Suggestion(", ".join([*labels, cap]), fewer))
+            found.append(Suggestion(", ".join([*labels, cap]), fewer, len(labels) + 1))
     unique = {s.change: s for s in found}
-    return list(unique.values())[:limit]
+    return sorted(unique.values(), key=lambda s: s.settings_changed)[:limit]
 
 
 def _most_prompts(model: MemoryModel, settings: MemorySettings, budget: int) -> int | None:

@@ -4,21 +4,32 @@
 the vision features once per image, each prompt text encoded once, one detector pass over all
 (image, prompt) pairs (``ConceptModel._detect``, the text-only path of its ``forward``). The
 loss needs values (the Hungarian matcher), so it runs on real zero tensors of the outputs'
-shapes, with ``objects_per_prompt`` targets per prompt; its saved tensors are counted the
-same way. With checkpointing, the inputs of the checkpointed layers are counted too (the
-checkpoint keeps them).
+shapes, with :data:`OBJECTS_PER_PROMPT` targets per prompt; its saved tensors are counted the
+same way. The vision encoder runs once for one image (its count scales with the images); the
+rest runs on stand-in features of the batch's images. With checkpointing, the inputs of the
+checkpointed layers are counted too (the checkpoint keeps them).
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor
+from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
 
 from sam3_lora.config import Config
 from sam3_lora.errors import ConfigError
-from sam3_lora.memory.probe import FakeSession, SavedTensors, make_fake
+from sam3_lora.memory.probe import (
+    Count,
+    FakeSession,
+    SavedTensors,
+    leaf_like,
+    make_fake,
+    storage_key,
+)
 from sam3_lora.tasks.concept.checkpointing import (
     CHECKPOINTED_LAYERS,
     disable_activation_checkpointing,
@@ -86,36 +97,69 @@ class ConceptMemoryProbe:
         self.checkpointed_layers = sum(
             isinstance(m, CHECKPOINTED_LAYERS) for m in self.network.modules()
         )
+        self._vision_counts: dict[tuple, tuple[Count, tuple]] = {}
 
     def run(
         self, images: int, prompts_per_image: int, dtype: torch.dtype | None, checkpointing: bool
-    ) -> SavedTensors:
-        """Count the forward + loss of ``images`` x ``prompts_per_image`` text prompts."""
-        self.module.train()
+    ) -> Count:
+        """Count the forward + loss of ``images`` x ``prompts_per_image`` text prompts: the
+        vision encoder's part is one image's times ``images`` (it runs per image)."""
+        vision_count, template = self._vision(dtype, checkpointing)
         counter = SavedTensors(self.module.parameters(), dtype)
-        handles = []
-        if checkpointing:
-            enable_activation_checkpointing(self.network)
-            for layer in self.network.modules():
-                if isinstance(layer, CHECKPOINTED_LAYERS):
-                    hook = layer.register_forward_pre_hook(_keep_inputs(counter), with_kwargs=True)
-                    handles.append(hook)
-        try:
-            with counter:
+        with self._checkpointing(checkpointing, counter), counter:
+            with self.session.active():
+                vision = Sam3VisionEncoderOutput(
+                    fpn_hidden_states=tuple(leaf_like(f, images) for f in template[0]),
+                    fpn_position_encoding=tuple(leaf_like(p, images) for p in template[1]),
+                )
+                counter.parameter_keys.update(map(storage_key, vision.fpn_hidden_states))
+                outputs = self._detect(vision, images, prompts_per_image)
+            counter.keep(*_tensors(outputs))
+            self._loss(outputs, counter)
+        return vision_count.per_images(images) + counter.count()
+
+    def _vision(self, dtype: torch.dtype | None, checkpointing: bool) -> tuple[Count, tuple]:
+        """One image through the vision encoder: its count and its output features."""
+        key = (dtype, checkpointing)
+        if key not in self._vision_counts:
+            self.module.train()
+            counter = SavedTensors(self.module.parameters(), dtype)
+            size = self.resolution
+            with self._checkpointing(checkpointing, counter), counter:
                 with self.session.active():
-                    outputs = self._forward(images, prompts_per_image)
-                counter.keep(*_tensors(outputs))
-                self._loss(outputs, counter)
+                    pixels = torch.zeros(1, 3, size, size)
+                    vision = self.network.get_vision_features(pixel_values=pixels)
+                counter.keep(*vision.fpn_hidden_states)
+            template = (vision.fpn_hidden_states, vision.fpn_position_encoding)
+            self._vision_counts[key] = (counter.count(), template)
+        return self._vision_counts[key]
+
+    @contextmanager
+    def _checkpointing(self, on: bool, counter: SavedTensors) -> Iterator[None]:
+        """Activation checkpointing on the network while inside; the checkpointed layers'
+        inputs counted (the checkpoint keeps them)."""
+        if not on:
+            yield
+            return
+        enable_activation_checkpointing(self.network)
+        handles = [
+            layer.register_forward_pre_hook(_keep_inputs(counter), with_kwargs=True)
+            for layer in self.network.modules()
+            if isinstance(layer, CHECKPOINTED_LAYERS)
+        ]
+        try:
+            yield
         finally:
             for handle in handles:
                 handle.remove()
-            if checkpointing:
-                disable_activation_checkpointing(self.network)
-        return counter
+            disable_activation_checkpointing(self.network)
 
-    def _forward(self, images: int, prompts_per_image: int) -> ConceptOutputs:
-        size = self.resolution
-        prompts = images * prompts_per_image
+    def _detect(
+        self, vision: Sam3VisionEncoderOutput, images: int, prompts_per_image: int
+    ) -> ConceptOutputs:
+        """The text encoder and one detector pass, as ``ConceptModel.forward`` runs them for
+        text prompts (each distinct text encoded once)."""
+        size, prompts = self.resolution, images * prompts_per_image
         batch = ConceptBatch(
             pixel_values=torch.zeros(images, 3, size, size),
             prompt_image_index=torch.arange(images).repeat_interleave(prompts_per_image),
@@ -125,14 +169,11 @@ class ConceptMemoryProbe:
             target_masks=[],
             image_indices=list(range(images)),
         )
-        network = self.network
-        vision = network.get_vision_features(pixel_values=batch.pixel_values)
-        # Each distinct text once (prompts_per_image distinct concepts), as encode_prompts does.
         tokens = torch.zeros(prompts_per_image, TEXT_LENGTH, dtype=torch.long)
         mask = torch.ones(prompts_per_image, TEXT_LENGTH, dtype=torch.long)
-        text = network.get_text_features(input_ids=tokens, attention_mask=mask).pooler_output
+        text = self.network.get_text_features(input_ids=tokens, attention_mask=mask)
         text_index = torch.arange(prompts_per_image).repeat(images)
-        return self.module._detect(vision, batch, text, mask, text_index, None)
+        return self.module._detect(vision, batch, text.pooler_output, mask, text_index, None)
 
     def _loss(self, outputs: ConceptOutputs, counter: SavedTensors) -> None:
         """The loss on real tensors shaped as ``outputs``; the stand-ins are not counted."""

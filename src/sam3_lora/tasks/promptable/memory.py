@@ -6,16 +6,25 @@ the image embeddings once per image (``PromptableModel.image_embeddings``), then
 each step's best mask fed back (not detached, as training does), and the loss over all steps.
 Prompt values do not change memory, so the probe prompts what training could prompt at most:
 one click first (three masks, Meta's multimask rule), one more click per step. The promptable
-task has no activation checkpointing: the estimate with it on equals the one without.
+task has no activation checkpointing: the estimate with it on equals the one without. The
+image encoder runs once for one image (its count scales with the images).
 """
 
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
 from sam3_lora.config import Config
 from sam3_lora.errors import ConfigError
-from sam3_lora.memory.probe import FakeSession, SavedTensors, make_fake
+from sam3_lora.memory.probe import (
+    Count,
+    FakeSession,
+    SavedTensors,
+    leaf_like,
+    make_fake,
+    storage_key,
+)
 from sam3_lora.tasks.promptable.prompts import PointPrompts
 
 
@@ -50,31 +59,51 @@ class PromptableMemoryProbe:
         self.steps = 1 + config.loss.correction_rounds
         self.session = FakeSession()
         make_fake(self.module, self.session.mode)
+        self._encoder_counts: dict[torch.dtype | None, tuple[Count, list[Tensor]]] = {}
 
     def run(
         self, images: int, prompts_per_image: int, dtype: torch.dtype | None, checkpointing: bool
-    ) -> SavedTensors:
-        """Count the forward + loss of ``images`` x ``prompts_per_image`` objects."""
-        self.module.train()
+    ) -> Count:
+        """Count the forward + loss of ``images`` x ``prompts_per_image`` objects: the image
+        encoder's part is one image's times ``images``."""
+        encoder_count, template = self._image_encoder(dtype)
         counter = SavedTensors(self.module.parameters(), dtype)
         with counter, self.session.active():
-            size, objects = self.resolution, images * prompts_per_image
-            embeddings = self.module.image_embeddings(torch.zeros(images, 3, size, size))
-            image_index = torch.arange(images).repeat_interleave(prompts_per_image)
-            prompts = PointPrompts(
-                torch.full((objects, 1, 2), size / 2), torch.ones(objects, 1, dtype=torch.int32)
-            )
-            masks, steps = None, []
-            for _ in range(self.steps):
-                prediction = self.module.decode(embeddings, image_index, prompts, mask_inputs=masks)
-                steps.append([prediction])
-                masks = prediction.best_mask_logits()[:, None]
-                click = torch.full((objects, 2), size / 3)
-                prompts = prompts.append(click, torch.ones(objects, dtype=torch.int32))
-                counter.keep(prediction.mask_logits, prediction.iou_scores)
-            targets = torch.zeros(objects, size, size, dtype=torch.bool)
-            self.criterion(steps, targets)
-        return counter
+            embeddings = [leaf_like(level, images) for level in template]
+            counter.parameter_keys.update(map(storage_key, embeddings))
+            self._decode_steps(embeddings, images, prompts_per_image, counter)
+        return encoder_count.per_images(images) + counter.count()
+
+    def _image_encoder(self, dtype: torch.dtype | None) -> tuple[Count, list[Tensor]]:
+        if dtype not in self._encoder_counts:
+            self.module.train()
+            counter = SavedTensors(self.module.parameters(), dtype)
+            size = self.resolution
+            with counter, self.session.active():
+                embeddings = self.module.image_embeddings(torch.zeros(1, 3, size, size))
+                counter.keep(*embeddings)
+            self._encoder_counts[dtype] = (counter.count(), embeddings)
+        return self._encoder_counts[dtype]
+
+    def _decode_steps(
+        self, embeddings: list[Tensor], images: int, prompts_per_image: int, counter: SavedTensors
+    ) -> None:
+        """Every prediction step of every object, then the loss over all steps."""
+        size, objects = self.resolution, images * prompts_per_image
+        image_index = torch.arange(images).repeat_interleave(prompts_per_image)
+        prompts = PointPrompts(
+            torch.full((objects, 1, 2), size / 2), torch.ones(objects, 1, dtype=torch.int32)
+        )
+        masks, steps = None, []
+        for _ in range(self.steps):
+            prediction = self.module.decode(embeddings, image_index, prompts, mask_inputs=masks)
+            steps.append([prediction])
+            masks = prediction.best_mask_logits()[:, None]
+            click = torch.full((objects, 2), size / 3)
+            prompts = prompts.append(click, torch.ones(objects, dtype=torch.int32))
+            counter.keep(prediction.mask_logits, prediction.iou_scores)
+        targets = torch.zeros(objects, size, size, dtype=torch.bool)
+        self.criterion(steps, targets)
 
 
 def model_holder(model: torch.nn.Module) -> object:
