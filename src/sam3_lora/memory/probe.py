@@ -12,6 +12,7 @@ QLoRA does not keep them.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -45,11 +46,34 @@ class FakeSession:
     def active(self) -> Iterator[FakeTensorMode]:
         previous = fake_tensor.CONSTANT_NUMEL_LIMIT
         fake_tensor.CONSTANT_NUMEL_LIMIT = FAKE_CONSTANT_ELEMENTS
+        clear_transformers_caches()
         try:
             with self.mode:
                 yield self.mode
         finally:
             fake_tensor.CONSTANT_NUMEL_LIMIT = previous
+            clear_transformers_caches()
+
+
+def clear_transformers_caches() -> None:
+    """Empty the ``lru_cache`` s of ``transformers`` model classes: some keep tensors by shape
+    (SAM's sine position embeddings, coordinate grids), and a fake one must not reach a real
+    run, nor a real one a fake run."""
+    for name, module in list(sys.modules.items()):
+        if module is None or not name.startswith("transformers.models."):
+            continue
+        for value in list(vars(module).values()):
+            if not isinstance(value, type) or value.__module__ != name:
+                continue
+            for attribute in vars(value).values():
+                function = getattr(attribute, "__func__", attribute)
+                for cell in getattr(function, "__closure__", None) or ():
+                    try:
+                        contents = cell.cell_contents
+                    except ValueError:  # an empty cell
+                        continue
+                    if hasattr(contents, "cache_clear"):
+                        contents.cache_clear()
 
 
 def make_fake(module: torch.nn.Module, mode: FakeTensorMode) -> torch.nn.Module:
