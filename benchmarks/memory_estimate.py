@@ -19,12 +19,13 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import weakref
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 from torch.utils._pytree import tree_leaves
@@ -32,7 +33,6 @@ from torch.utils._pytree import tree_leaves
 from sam3_lora.config import load_config
 from sam3_lora.memory.build import memory_model
 from sam3_lora.memory.estimate import GIB, MemorySettings
-from sam3_lora.memory.probe import _CudaDropout
 from sam3_lora.memory.report import gib
 from sam3_lora.models import LoadedModel, load_model
 
@@ -82,6 +82,25 @@ class _NumpyOutside(TorchFunctionMode):
             with _disable_current_modes():
                 return func(*args, **(kwargs or {}))
         return func(*args, **(kwargs or {}))
+
+
+@contextmanager
+def fused_dropout() -> Iterator[None]:
+    """``F.dropout`` as CUDA's fused kernel runs it (bool mask) for the whole step, the
+    backward's recomputation of checkpointed layers included (a function mode would not
+    reach it)."""
+    plain = F.dropout
+
+    def dropout(input, p=0.5, training=True, inplace=False):
+        if training and 0 < p < 1 and not inplace:
+            return torch.native_dropout(input, p, True)[0]
+        return plain(input, p, training, inplace)
+
+    F.dropout = dropout
+    try:
+        yield
+    finally:
+        F.dropout = plain
 
 
 @dataclass
@@ -180,6 +199,12 @@ def measure(task: Any, forward_loss: Callable, device: torch.device) -> tuple[fl
 
     peak = 0.0
     for step in range(2):
+        states = sum(
+            t.untyped_storage().nbytes()
+            for state in optimizer.state.values()
+            for t in state.values()
+            if isinstance(t, torch.Tensor)
+        )
         live = LiveBytes()
         if cuda:
             torch.cuda.synchronize()
@@ -187,7 +212,7 @@ def measure(task: Any, forward_loss: Callable, device: torch.device) -> tuple[fl
         hooks = torch.autograd.graph.saved_tensors_hooks(
             keep if step else (lambda t: t), lambda t: t
         )
-        with live if not cuda else nullcontext(), _NumpyOutside(), _CudaDropout():
+        with live if not cuda else nullcontext(), _NumpyOutside(), fused_dropout():
             with torch.autocast(device.type, dtype=torch.bfloat16), hooks:
                 loss, outputs = forward_loss(device)
             if step:
@@ -199,9 +224,9 @@ def measure(task: Any, forward_loss: Callable, device: torch.device) -> tuple[fl
             optimizer.zero_grad(set_to_none=True)
         if cuda:
             peak = torch.cuda.max_memory_allocated()
-        else:
+        else:  # weights and the AdamW states of the first step were made before `live`
             static = sum(p.untyped_storage().nbytes() for p in task.model.parameters())
-            peak = live.peak + static
+            peak = live.peak + static + states
     return float(sum(saved.values())), float(peak)
 
 

@@ -41,7 +41,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="sets training.gradient_checkpointing",
     )
-    memory.add_argument("--qlora", action="store_true", help="assume a 4-bit (NF4) base model")
+    memory.add_argument(
+        "--qlora", action="store_true", help="as with model.quantization: 4bit (NF4 base)"
+    )
     parser.set_defaults(func=run)
 
 
@@ -94,6 +96,7 @@ def run_memory(args: argparse.Namespace) -> int:
         memory_table,
         negatives,
         parse_gpu_memory,
+        quantized,
         suggestions,
     )
 
@@ -110,7 +113,7 @@ def run_memory(args: argparse.Namespace) -> int:
         prompts_per_image=args.prompts_per_image or default_prompts(config),
         precision=args.precision or config_precision(config),
         gradient_checkpointing=config.training.gradient_checkpointing,
-        qlora=args.qlora,
+        qlora=args.qlora or quantized(config),
     )
     model, source = memory_model(config, args.resolution)
     columns = [replace(settings, gradient_checkpointing=on) for on in (False, True)]

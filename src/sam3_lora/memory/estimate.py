@@ -13,8 +13,8 @@ detector / decoder on them.
 
 Assumptions (stated in docs/memory.md): bf16 / fp16 = autocast over fp32 master weights (what
 Accelerate's ``mixed_precision`` does), fp32 gradients and two fp32 AdamW states per trainable
-parameter; QLoRA = NF4 base linear weights (0.5 byte per parameter + one fp32 absmax per block
-of 64) and no autocast copies of them.
+parameter; QLoRA = NF4 frozen linear weights with double quantisation (about 0.52 byte per
+parameter) and no autocast copies of them.
 """
 
 from __future__ import annotations

@@ -44,6 +44,11 @@ def negatives(config: Config) -> int:
     return config.data.num_negative_prompts if config.model.family == "sam3" else 0
 
 
+def quantized(config: Config) -> bool:
+    """Whether the config loads the base in 4 bits (``model.quantization: 4bit``, QLoRA)."""
+    return getattr(config.model, "quantization", "none") == "4bit"
+
+
 def config_precision(config: Config) -> str:
     """``training.mixed_precision`` as the GPU run would use it (auto -> bf16)."""
     setting = config.training.mixed_precision
@@ -84,7 +89,7 @@ def suggestions(
     if settings.batch_size > 1:
         moves.append(("batch_size: 1", {"batch_size": 1}))
     if lora and not settings.qlora:
-        moves.append(("QLoRA (4-bit base)", {"qlora": True}))
+        moves.append(("model.quantization: 4bit", {"qlora": True}))
     combos: list[tuple[list[str], dict]] = [([], {})]
     for label, change in moves:
         combos += [([*labels, label], {**changes, **change}) for labels, changes in combos]
@@ -146,7 +151,8 @@ def oom_advice(config: Config, gpu_memory: int | None = None) -> str:
     settings that would make it fit (never raises: a generic list when estimating fails)."""
     generic = (
         "lower training.batch_size or data.max_prompts_per_image, turn on "
-        "training.gradient_checkpointing, lower data.resolution, or use QLoRA (4-bit base); "
+        "training.gradient_checkpointing, lower data.resolution, or use QLoRA "
+        "(model.quantization: 4bit); "
         "`sam3-lora lora-info --config <config> --memory --gpu_memory <GB>` predicts each"
     )
     try:
@@ -158,6 +164,7 @@ def oom_advice(config: Config, gpu_memory: int | None = None) -> str:
             prompts_per_image=default_prompts(config),
             precision=config_precision(config),
             gradient_checkpointing=config.training.gradient_checkpointing,
+            qlora=quantized(config),
         )
         estimate = model.estimate(settings)
         text = f"predicted peak {gib(estimate.total)} for {settings.describe()}"
