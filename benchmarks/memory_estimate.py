@@ -1,7 +1,9 @@
 """Predicted vs measured training memory (``lora-info --memory``), and real-size predictions.
 
 Measured: one real training step (forward + loss + backward + AdamW step, twice so that the
-AdamW states exist) of the task on real tensors. Two numbers per row:
+AdamW states exist) of the task on real tensors; predicted for the same device (on the CPU,
+``target="cpu"``: its autocast and dropout kernels; on CUDA the GPU's, which the estimate
+reproduces by default). Two numbers per row:
 
 - saved: the bytes autograd saves during forward + loss (``saved_tensors_hooks``, each
   storage once, parameters excluded), against the predicted activations + weight copies;
@@ -19,13 +21,12 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import weakref
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 from torch.utils._pytree import tree_leaves
@@ -82,25 +83,6 @@ class _NumpyOutside(TorchFunctionMode):
             with _disable_current_modes():
                 return func(*args, **(kwargs or {}))
         return func(*args, **(kwargs or {}))
-
-
-@contextmanager
-def fused_dropout() -> Iterator[None]:
-    """``F.dropout`` as CUDA's fused kernel runs it (bool mask) for the whole step, the
-    backward's recomputation of checkpointed layers included (a function mode would not
-    reach it)."""
-    plain = F.dropout
-
-    def dropout(input, p=0.5, training=True, inplace=False):
-        if training and 0 < p < 1 and not inplace:
-            return torch.native_dropout(input, p, True)[0]
-        return plain(input, p, training, inplace)
-
-    F.dropout = dropout
-    try:
-        yield
-    finally:
-        F.dropout = plain
 
 
 @dataclass
@@ -212,7 +194,7 @@ def measure(task: Any, forward_loss: Callable, device: torch.device) -> tuple[fl
         hooks = torch.autograd.graph.saved_tensors_hooks(
             keep if step else (lambda t: t), lambda t: t
         )
-        with live if not cuda else nullcontext(), _NumpyOutside(), fused_dropout():
+        with live if not cuda else nullcontext(), _NumpyOutside():
             with torch.autocast(device.type, dtype=torch.bfloat16), hooks:
                 loss, outputs = forward_loss(device)
             if step:
@@ -244,7 +226,7 @@ def compare(
         overrides = {"model.name_or_path": name, "model.family": family, **(extra or {})}
         overrides["training.gradient_checkpointing"] = checkpointing
         config = load_config(preset, overrides)
-        model, _ = memory_model(config)
+        model, _ = memory_model(config, target=device.type)
         estimate = model.estimate(MemorySettings(batch, prompts, "bf16", checkpointing))
         loaded = load_model(name, family)
         build = concept_step if family == "sam3" else promptable_step
@@ -353,7 +335,7 @@ def compare_sam3_size(resolution: int, device: torch.device) -> list[Row]:
     from sam3_lora.tasks.concept.spec import SPEC
 
     config = load_config("balanced", {"model.name_or_path": "sam3-size"})
-    model, _ = memory_model(config, resolution)
+    model, _ = memory_model(config, resolution, target=device.type)
     rows = []
     for checkpointing in (False, True):
         estimate = model.estimate(MemorySettings(1, 2, "bf16", checkpointing))

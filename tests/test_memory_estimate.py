@@ -15,7 +15,6 @@ from sam3_lora.memory.estimate import (
     MemorySettings,
     static_bytes,
 )
-from sam3_lora.memory.probe import _CudaDropout
 from sam3_lora.memory.report import oom_advice, parse_gpu_memory, suggestions
 from sam3_lora.models import load_model
 
@@ -60,7 +59,7 @@ class _Measured:
 
     def run(self, step: object) -> int:
         hooks = torch.autograd.graph.saved_tensors_hooks(self.keep, lambda t: t)
-        with _CudaDropout(), torch.autocast("cpu", dtype=torch.bfloat16), hooks:
+        with torch.autocast("cpu", dtype=torch.bfloat16), hooks:
             outputs = step()
         for tensor in outputs:
             self.keep(tensor)
@@ -68,7 +67,9 @@ class _Measured:
 
 
 def _predicted(config: object, images: int, prompts: int) -> float:
-    model, _ = memory_model(config)
+    """Activations + weight copies predicted for a run on this CPU (``target="cpu"``: its
+    autocast and dropout, not the emulated CUDA ones)."""
+    model, _ = memory_model(config, target="cpu")
     estimate = model.estimate(MemorySettings(images, prompts, "bf16"))
     return estimate.activations + estimate.weight_copies
 

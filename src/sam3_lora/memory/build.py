@@ -40,24 +40,27 @@ def architecture(name: str, spec: TaskSpec) -> tuple[torch.nn.Module, str]:
 
 
 #: Memory models of this process by (config, resolution): probes are kept with their counts.
-_BUILT: dict[tuple[str, int | None], tuple[MemoryModel, str]] = {}
+_BUILT: dict[tuple[str, int | None, str], tuple[MemoryModel, str]] = {}
 _KEEP = 4
 
 
-def memory_model(config: Config, resolution: int | None = None) -> tuple[MemoryModel, str]:
-    """The :class:`MemoryModel` of ``config`` (its family's probe on the meta-device model);
-    the last few are kept, with their probe counts."""
-    key = (config.model_dump_json(), resolution)
+def memory_model(
+    config: Config, resolution: int | None = None, target: str = "cuda"
+) -> tuple[MemoryModel, str]:
+    """The :class:`MemoryModel` of ``config`` (its family's probe on the meta-device model)
+    for ``target`` (``cuda``: a GPU's memory; ``cpu``: a run on this CPU); the last few are
+    kept, with their probe counts."""
+    key = (config.model_dump_json(), resolution, target)
     if key not in _BUILT:
         if len(_BUILT) >= _KEEP:
             _BUILT.pop(next(iter(_BUILT)))
-        _BUILT[key] = _build(config, resolution)
+        _BUILT[key] = _build(config, resolution, target)
     return _BUILT[key]
 
 
-def _build(config: Config, resolution: int | None) -> tuple[MemoryModel, str]:
+def _build(config: Config, resolution: int | None, target: str) -> tuple[MemoryModel, str]:
     spec = get_spec(config.model.family)
     if spec.memory_probe is None:
         raise ModelLoadError(f"model.family {spec.family}: no memory estimate for this task")
     model, source = architecture(config.model.name_or_path, spec)
-    return MemoryModel(spec.memory_probe(config, model, resolution)), source
+    return MemoryModel(spec.memory_probe(config, model, resolution), target), source

@@ -24,7 +24,7 @@ from typing import Protocol
 
 import torch
 
-from sam3_lora.memory.probe import Count
+from sam3_lora.memory.probe import Count, Precision
 
 GIB = 1024**3
 #: NF4: 4 bits per weight + one fp32 absmax per 64 weights (bitsandbytes, no double quant).
@@ -45,7 +45,7 @@ class MemoryProbe(Protocol):
     checkpointing_supported: bool
 
     def run(
-        self, images: int, prompts_per_image: int, dtype: torch.dtype | None, checkpointing: bool
+        self, images: int, prompts_per_image: int, precision: Precision, checkpointing: bool
     ) -> Count:
         """Count one training forward + loss of ``images`` x ``prompts_per_image``."""
 
@@ -126,13 +126,11 @@ class MemoryEstimate:
         )
 
 
-def fit_activations(
-    probe: MemoryProbe, dtype: torch.dtype | None, checkpointing: bool
-) -> ActivationFit:
+def fit_activations(probe: MemoryProbe, precision: Precision, checkpointing: bool) -> ActivationFit:
     """Run the probe at (1, 1), (1, 2) and (2, 1) and fit the linear model."""
-    one = probe.run(1, 1, dtype, checkpointing)
-    two_prompts = probe.run(1, 2, dtype, checkpointing)
-    two_images = probe.run(2, 1, dtype, checkpointing)
+    one = probe.run(1, 1, precision, checkpointing)
+    two_prompts = probe.run(1, 2, precision, checkpointing)
+    two_images = probe.run(2, 1, precision, checkpointing)
 
     def solve(a: float, b: float, c: float) -> tuple[float, float, float]:
         per_prompt = b - a
@@ -174,10 +172,12 @@ class MemoryModel:
 
     Args:
         probe: the task's probe on the network of the config.
+        target: ``cuda`` (what a GPU will hold) or ``cpu`` (what a CPU run here holds).
     """
 
-    def __init__(self, probe: MemoryProbe) -> None:
+    def __init__(self, probe: MemoryProbe, target: str = "cuda") -> None:
         self.probe = probe
+        self.target = target
         self._fits: dict[tuple[str, bool], ActivationFit] = {}
         self._static: dict[bool, StaticBytes] = {}
 
@@ -189,7 +189,8 @@ class MemoryModel:
     def fit(self, precision: str, checkpointing: bool) -> ActivationFit:
         key = (precision, checkpointing)
         if key not in self._fits:
-            self._fits[key] = fit_activations(self.probe, PRECISIONS[precision], checkpointing)
+            step = Precision(PRECISIONS[precision], self.target)
+            self._fits[key] = fit_activations(self.probe, step, checkpointing)
         return self._fits[key]
 
     def estimate(self, settings: MemorySettings) -> MemoryEstimate:

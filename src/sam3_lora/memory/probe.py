@@ -4,8 +4,10 @@ The task's forward runs under ``torch._subclasses.FakeTensorMode``: every tensor
 shape, dtype and (CPU) device but no data, so SAM3 at 1008 px "runs" in seconds on a laptop.
 ``torch.autograd.graph.saved_tensors_hooks`` sees each tensor autograd saves; deduplicated by
 storage and minus the parameters, their bytes are the activations a GPU must hold until the
-backward pass frees them. Two CUDA behaviours are reproduced on the CPU: dropout keeps a bool
-mask (the fused CUDA kernel; the CPU kernel keeps a float one) and bf16 autocast. Autocast's
+backward pass frees them. CUDA's behaviour is reproduced on the CPU (:class:`Precision`
+``target="cuda"``): dropout keeps a bool mask (the fused CUDA kernel; the CPU kernel keeps a
+float one), autocast runs layer / group norms, softmax, exp, log, pow and sums in float32, as
+CUDA's autocast does (the CPU's keeps them in bf16). Autocast's
 bf16 copies of frozen weights are counted apart (:attr:`SavedTensors.weight_copy_bytes`):
 QLoRA does not keep them.
 """
@@ -20,6 +22,7 @@ from typing import Any
 
 import torch
 import torch._subclasses.fake_tensor as fake_tensor
+import torch.nn.functional as F
 from torch import Tensor
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from torch.overrides import TorchFunctionMode
@@ -113,6 +116,70 @@ class _CudaDropout(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+#: Functions CUDA's autocast runs in float32 (the "ops that can autocast to float32" of the
+#: PyTorch AMP docs that these models call; the CPU's autocast keeps most of them in bf16).
+_CUDA_FLOAT32_FUNCTIONS = {
+    F.layer_norm,
+    F.group_norm,
+    F.softmax,
+    F.log_softmax,
+    F.softplus,
+    F.normalize,
+    torch.softmax,
+    torch.log_softmax,
+    torch.Tensor.softmax,
+    torch.Tensor.log_softmax,
+    torch.exp,
+    torch.Tensor.exp,
+    torch.log,
+    torch.Tensor.log,
+    torch.pow,
+    torch.Tensor.pow,
+    torch.Tensor.__pow__,
+    torch.sum,
+    torch.Tensor.sum,
+    torch.cumsum,
+    torch.Tensor.cumsum,
+    torch.rsqrt,
+    torch.Tensor.rsqrt,
+    torch.reciprocal,
+    torch.Tensor.reciprocal,
+}
+
+
+class _CudaFloat32Ops(TorchFunctionMode):
+    """CUDA autocast's float32 policy: lower-precision float inputs of those functions are cast
+    to float32 first (so their outputs, and what they save, are float32 as on a GPU)."""
+
+    def __torch_function__(self, func: Callable, types: Any, args: tuple = (), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _CUDA_FLOAT32_FUNCTIONS and torch.is_autocast_enabled("cpu"):
+            args = tuple(_to_float32(a) for a in args)
+            kwargs = {k: _to_float32(v) for k, v in kwargs.items()}
+        return func(*args, **kwargs)
+
+
+def _to_float32(value: Any) -> Any:
+    if isinstance(value, Tensor) and value.dtype in (torch.bfloat16, torch.float16):
+        return value.float()
+    return value
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How the counted step runs.
+
+    Attributes:
+        dtype: the autocast dtype (bf16 / fp16), or None for float32.
+        target: ``cuda``: as a GPU runs it (dropout keeps a bool mask, CUDA's float32 autocast
+            ops), emulated on the CPU; ``cpu``: as this CPU runs it (to compare with real runs
+            here).
+    """
+
+    dtype: torch.dtype | None = torch.bfloat16
+    target: str = "cuda"
+
+
 class _WeightCopies(TorchDispatchMode):
     """Records the storages of casts of the given tensors (autocast's bf16 weight copies)."""
 
@@ -159,22 +226,24 @@ class SavedTensors:
 
     Args:
         parameters: tensors that are already counted (the model's weights).
-        dtype: the autocast dtype, or None for full precision.
+        precision: the autocast dtype and the device whose behaviour is reproduced.
     """
 
-    def __init__(self, parameters: Iterable[Tensor], dtype: torch.dtype | None = None) -> None:
+    def __init__(self, parameters: Iterable[Tensor], precision: Precision) -> None:
         self.parameter_keys = {storage_key(p) for p in parameters}
-        self.dtype = dtype
+        self.precision = precision
         self.storages: dict[int, Any] = {}  # key -> storage (held: keys stay unique)
         self._copies = _WeightCopies(self.parameter_keys)
         self._stack = ExitStack()
 
     def __enter__(self) -> SavedTensors:
-        self._stack.enter_context(_CudaDropout())
+        if self.precision.target == "cuda":
+            self._stack.enter_context(_CudaDropout())
+            self._stack.enter_context(_CudaFloat32Ops())
         self._stack.enter_context(self._copies)
         self._stack.enter_context(torch.autograd.graph.saved_tensors_hooks(self._pack, _unpack))
-        if self.dtype is not None:
-            self._stack.enter_context(torch.autocast("cpu", dtype=self.dtype))
+        if self.precision.dtype is not None:
+            self._stack.enter_context(torch.autocast("cpu", dtype=self.precision.dtype))
         return self
 
     def __exit__(self, *exc: object) -> None:

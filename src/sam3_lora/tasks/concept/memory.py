@@ -25,6 +25,7 @@ from sam3_lora.errors import ConfigError
 from sam3_lora.memory.probe import (
     Count,
     FakeSession,
+    Precision,
     SavedTensors,
     leaf_like,
     make_fake,
@@ -100,12 +101,12 @@ class ConceptMemoryProbe:
         self._vision_counts: dict[tuple, tuple[Count, tuple]] = {}
 
     def run(
-        self, images: int, prompts_per_image: int, dtype: torch.dtype | None, checkpointing: bool
+        self, images: int, prompts_per_image: int, precision: Precision, checkpointing: bool
     ) -> Count:
         """Count the forward + loss of ``images`` x ``prompts_per_image`` text prompts: the
         vision encoder's part is one image's times ``images`` (it runs per image)."""
-        vision_count, template = self._vision(dtype, checkpointing)
-        counter = SavedTensors(self.module.parameters(), dtype)
+        vision_count, template = self._vision(precision, checkpointing)
+        counter = SavedTensors(self.module.parameters(), precision)
         with self._checkpointing(checkpointing, counter), counter:
             with self.session.active():
                 vision = Sam3VisionEncoderOutput(
@@ -118,12 +119,12 @@ class ConceptMemoryProbe:
             self._loss(outputs, counter)
         return vision_count.per_images(images) + counter.count()
 
-    def _vision(self, dtype: torch.dtype | None, checkpointing: bool) -> tuple[Count, tuple]:
+    def _vision(self, precision: Precision, checkpointing: bool) -> tuple[Count, tuple]:
         """One image through the vision encoder: its count and its output features."""
-        key = (dtype, checkpointing)
+        key = (precision, checkpointing)
         if key not in self._vision_counts:
             self.module.train()
-            counter = SavedTensors(self.module.parameters(), dtype)
+            counter = SavedTensors(self.module.parameters(), precision)
             size = self.resolution
             with self._checkpointing(checkpointing, counter), counter:
                 with self.session.active():

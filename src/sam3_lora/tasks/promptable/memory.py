@@ -20,6 +20,7 @@ from sam3_lora.errors import ConfigError
 from sam3_lora.memory.probe import (
     Count,
     FakeSession,
+    Precision,
     SavedTensors,
     leaf_like,
     make_fake,
@@ -59,31 +60,31 @@ class PromptableMemoryProbe:
         self.steps = 1 + config.loss.correction_rounds
         self.session = FakeSession()
         make_fake(self.module, self.session.mode)
-        self._encoder_counts: dict[torch.dtype | None, tuple[Count, list[Tensor]]] = {}
+        self._encoder_counts: dict[Precision, tuple[Count, list[Tensor]]] = {}
 
     def run(
-        self, images: int, prompts_per_image: int, dtype: torch.dtype | None, checkpointing: bool
+        self, images: int, prompts_per_image: int, precision: Precision, checkpointing: bool
     ) -> Count:
         """Count the forward + loss of ``images`` x ``prompts_per_image`` objects: the image
         encoder's part is one image's times ``images``."""
-        encoder_count, template = self._image_encoder(dtype)
-        counter = SavedTensors(self.module.parameters(), dtype)
+        encoder_count, template = self._image_encoder(precision)
+        counter = SavedTensors(self.module.parameters(), precision)
         with counter, self.session.active():
             embeddings = [leaf_like(level, images) for level in template]
             counter.parameter_keys.update(map(storage_key, embeddings))
             self._decode_steps(embeddings, images, prompts_per_image, counter)
         return encoder_count.per_images(images) + counter.count()
 
-    def _image_encoder(self, dtype: torch.dtype | None) -> tuple[Count, list[Tensor]]:
-        if dtype not in self._encoder_counts:
+    def _image_encoder(self, precision: Precision) -> tuple[Count, list[Tensor]]:
+        if precision not in self._encoder_counts:
             self.module.train()
-            counter = SavedTensors(self.module.parameters(), dtype)
+            counter = SavedTensors(self.module.parameters(), precision)
             size = self.resolution
             with counter, self.session.active():
                 embeddings = self.module.image_embeddings(torch.zeros(1, 3, size, size))
                 counter.keep(*embeddings)
-            self._encoder_counts[dtype] = (counter.count(), embeddings)
-        return self._encoder_counts[dtype]
+            self._encoder_counts[precision] = (counter.count(), embeddings)
+        return self._encoder_counts[precision]
 
     def _decode_steps(
         self, embeddings: list[Tensor], images: int, prompts_per_image: int, counter: SavedTensors
