@@ -22,14 +22,10 @@ QUICKSTART = REPO / "configs" / "sam2_quickstart.yaml"
 
 
 @pytest.fixture
-def shipped_tiny_sam2(monkeypatch: pytest.MonkeyPatch) -> Path:
-    """``--model tiny`` is the package's assets/tiny-sam2; an editable install made from another
-    checkout may not have it yet, so fall back to this checkout's folder (same files)."""
+def shipped_tiny_sam2() -> Path:
+    """``--model tiny`` is the installed package's ``sam3_lora.assets/tiny-sam2``."""
     folder = tiny.tiny_sam2_dir()
-    if not (folder / "config.json").is_file():
-        folder = REPO / "assets" / "tiny-sam2"
-        monkeypatch.setattr(tiny, "tiny_sam2_dir", lambda: folder)
-    assert (folder / "model.safetensors").is_file()
+    assert (folder / "model.safetensors").is_file(), f"{folder}: reinstall the package"
     return folder
 
 
@@ -54,13 +50,30 @@ def test_sam2_quick_start_adapts_the_tiny_sam2(
     out = capsys.readouterr().out
     assert "base vs adapted" in out and "val/point_miou" in out
 
-    run = tmp_path / "outputs" / "sam2_quickstart"
-    for name in ("curves.png", "metrics.csv", "config.yaml", "final/adapter_model.safetensors"):
+    # The SAM2-LoRA layout: outputs/sam2_quickstart/sam2_tiny_lora_r8_a16_lr3e-3_<timestamp>/.
+    (run,) = (tmp_path / "outputs" / "sam2_quickstart").glob("sam2_tiny_lora_r8_a16_lr3e-3_*")
+    stamp = run.name.rsplit("_lr3e-3_", 1)[1]
+    for name in (
+        "curves.png",
+        f"logs/training_metrics_lora_{stamp}.csv",
+        "config.yaml",
+        "final_lora_step500/adapter_model.safetensors",
+        "latest_lora_step500/adapter_model.safetensors",
+    ):
         assert (run / name).is_file(), name
+    assert not (run / "latest_lora_step250").exists()  # save_total_limit: 1
+    best = sorted(p.name for p in run.glob("best_*"))
+    assert len(best) == 2 and best[0].startswith("best_lora_step"), best
+    assert best[1] == best[0].replace("best_lora_", "best_merged_")
+    assert (run / best[1] / "model.safetensors").is_file()
     valid = tmp_path / "data" / "steel-defects" / "valid" / "_annotations.coco.json"
     assert json.loads(valid.read_text())["categories"][0]["name"] == "scratch"
 
     summary = json.loads((run / "training_summary.json").read_text())
+    assert best[0] == (
+        f"best_lora_step{summary['best_step']}_iou{summary['best_value']:.4f}_"
+        + best[0].rsplit("_", 1)[1]
+    )
     base, adapted = summary["base_metrics"], summary["final_metrics"]
     for key in ("val/miou", "val/dice", "val/point_miou", "val/point_dice"):
         assert adapted[key] > base[key] + 0.1, (key, base, adapted)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import pytest
 
 from sam3_lora.cli import main
+from sam3_lora.config import SyntheticSettings, validate_config
 from sam3_lora.data.coco import CocoDataset
+from sam3_lora.data.sources import open_config_split, resolve_data_splits, synthetic_root
 from sam3_lora.data.synthetic_steel import ensure_steel_dataset, generate_steel_dataset
 from sam3_lora.errors import ConfigError
 
@@ -50,3 +53,22 @@ def test_steel_parameters_and_cli(tmp_path: Path) -> None:
     arguments = ["data", "synth", "--output", str(tmp_path / "cli"), "--style", "steel"]
     assert main([*arguments, "--num_train", "2", "--num_val", "1", "--image_size", "96"]) == 0
     assert len(CocoDataset.from_split_dir(tmp_path / "cli" / "valid")) == 1
+
+
+@pytest.mark.parametrize("style", get_args(SyntheticSettings.model_fields["style"].annotation))
+def test_synthetic_root_generates_every_style(tmp_path: Path, style: str) -> None:
+    """Whatever resolves a config's ``data.synthetic`` (training, evaluation, prediction of
+    every family) generates each style the schema accepts."""
+    synthetic = {"output_dir": str(tmp_path / style), "style": style, "num_train": 2}
+    config = validate_config({"data": {"synthetic": {**synthetic, "num_val": 1}}})
+    root = synthetic_root(config)
+    train, valid = resolve_data_splits(config)
+    assert (len(train), len(valid)) == (2, 1)
+    assert Path(train.annotation_file).parent == root / "train"
+    assert open_config_split(config, "valid").categories == valid.categories
+
+
+def test_steel_rejects_shape_options(tmp_path: Path) -> None:
+    synthetic = {"output_dir": str(tmp_path), "style": "steel", "distractors": ["star"]}
+    with pytest.raises(ConfigError, match="data.synthetic.distractors applies to the shapes"):
+        synthetic_root(validate_config({"data": {"synthetic": synthetic}}))

@@ -1,4 +1,5 @@
-"""The shipped tiny SAM2 (``assets/tiny-sam2``) and its builder, ``scripts/build_tiny_sam2.py``."""
+"""The shipped tiny SAM2 (``assets/tiny-sam2``, installed as package data ``sam3_lora.assets``) and
+its builder, ``scripts/build_tiny_sam2.py``."""
 
 from __future__ import annotations
 
@@ -7,12 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 from transformers import Sam2Model, Sam2Processor
 
 from sam3_lora.data.coco import CocoDataset
 from sam3_lora.data.synthetic import generate_shapes_dataset
+from sam3_lora.paths import asset_dir
+from sam3_lora.tasks.promptable import tiny
 from sam3_lora.tasks.promptable.loss import PromptableLoss
 from sam3_lora.tasks.promptable.module import PromptableModel
 from sam3_lora.tasks.promptable.samples import PromptDataset, collate_prompt_samples
@@ -20,7 +22,8 @@ from sam3_lora.tasks.promptable.spec import ImageInput
 from sam3_lora.tasks.promptable.validation import summarize, validation_step
 
 REPO = Path(__file__).resolve().parents[1]
-ASSET = REPO / "assets" / "tiny-sam2"
+#: Where the installed package keeps the model (no fallback to this checkout's assets/).
+ASSET = asset_dir("tiny-sam2")
 SCRIPT = REPO / "scripts" / "build_tiny_sam2.py"
 
 
@@ -76,15 +79,10 @@ def test_build_script_at_a_toy_size(tmp_path: Path) -> None:
     assert Sam2Processor.from_pretrained(output).image_processor.size["height"] == 128
 
 
-@pytest.mark.parametrize("folder", [ASSET])
-def test_the_tiny_alias_is_the_shipped_folder(
-    folder: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_the_tiny_alias_is_the_shipped_folder() -> None:
     from sam3_lora.models import load_model
-    from sam3_lora.tasks.promptable import tiny
 
-    if not (tiny.tiny_sam2_dir() / "config.json").is_file():  # an install from another checkout
-        monkeypatch.setattr(tiny, "tiny_sam2_dir", lambda: folder)
+    assert tiny.tiny_sam2_dir() == ASSET and (ASSET / "config.json").is_file()
     loaded = load_model("tiny", "sam2")
     assert type(loaded.model) is Sam2Model and loaded.spec.family == "sam2"
     assert loaded.model.name_or_path == "tiny"

@@ -34,6 +34,8 @@ from sam3_lora.paths import presets_dir
 FAMILY_TASKS = {"sam3": "concept", "sam2": "promptable", "sam3_tracker": "promptable"}
 #: The family whose LoRA defaults are the schema's own (the others' come from their spec).
 SCHEMA_FAMILY = "sam3"
+#: ``training.seed`` of the other families when a config sets none (the SAM2-LoRA recipe's).
+PROMPTABLE_SEED = 42
 
 
 class _Section(BaseModel):
@@ -120,6 +122,13 @@ class TrainingSettings(_Section):
     weight_decay: float = Field(0.01, ge=0)
     warmup_steps: int = Field(0, ge=0)
     lr_scheduler: Literal["cosine", "inverse_sqrt", "linear", "constant"] = "cosine"
+    min_lr_ratio: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="cosine: the learning rate it ends at, as a share of the peak (Meta's SAM2.1: "
+        "0.1); 0 = decay to zero",
+    )
     cooldown_steps: int = Field(
         0, ge=0, description="inverse_sqrt: linear decay to 0 over the last N steps (Meta: 20)"
     )
@@ -128,7 +137,17 @@ class TrainingSettings(_Section):
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
         "auto", description="auto = bf16 on a GPU that supports it, fp32 on CPU"
     )
-    seed: int = 0
+    seed: int = Field(
+        0,
+        description="seeds every RNG (data order, prompt sampling, LoRA init); default 0 for "
+        "sam3, 42 for sam2 / sam3_tracker (the SAM2-LoRA recipe's)",
+    )
+    deterministic: bool = Field(
+        False,
+        description="deterministic kernels (torch.use_deterministic_algorithms, cuDNN without "
+        "autotuning, a fixed cuBLAS workspace): the same config gives the same losses bit for "
+        "bit on the same machine; slower on GPU",
+    )
     eval_steps: int | None = Field(None, ge=1, description="validate every N steps; null = epoch")
     save_steps: int | None = Field(None, ge=1, description="checkpoint every N steps; null = epoch")
     save_total_limit: int = Field(3, ge=1, description="step checkpoints kept")
@@ -174,15 +193,20 @@ class FinetuneSettings(_Section):
         default_factory=dict,
         description="full mode: base learning rate per component before lr_scale; `default` "
         "for the rest; unset keys take the task's (Meta's) values, e.g. SAM3 vision_encoder "
-        "2.5e-4, text_encoder 5e-5, default 8e-4",
+        "2.5e-4, text_encoder 5e-5, default 8e-4; SAM2 image_encoder 3e-6, default 5e-6",
     )
-    lr_scale: float = Field(0.1, gt=0, description="full mode: multiplies every learning rate")
+    lr_scale: float = Field(
+        0.1,
+        gt=0,
+        description="full mode: multiplies every learning rate; default 0.1 for sam3 (Meta's "
+        "SAM3 config), 1 for sam2 / sam3_tracker (Meta's SAM2.1 rates as they are)",
+    )
     layer_decay: float = Field(
         0.9,
         gt=0,
         le=1,
-        description="full mode: ViT block k of n gets decay^(n - k), the patch embedding "
-        "decay^(n + 1); 1 = off",
+        description="full mode: image-encoder trunk block k of n (SAM3's ViT, SAM2's Hiera) "
+        "gets decay^(n - k), the patch embedding decay^(n + 1); 1 = off",
     )
     weight_decay: float = Field(
         0.1, ge=0, description="full mode: AdamW weight decay (none on biases and LayerNorms)"
@@ -380,8 +404,20 @@ class EvaluationSettings(_Section):
 
 
 class OutputSettings(_Section):
-    output_dir: str = "outputs/my_model"
+    output_dir: str = Field(
+        "outputs/my_model",
+        description="the run's folder (layout standard), or the folder of the run folders "
+        "(layout sam2_lora)",
+    )
     tensorboard: bool = True
+    layout: Literal["auto", "standard", "sam2_lora"] = Field(
+        "auto",
+        description="standard: checkpoints/step-N, best/, final/, metrics.csv in output_dir; "
+        "sam2_lora: a run folder {family}_{size}_lora_r{rank}_a{alpha}_lr{lr}_{timestamp} with "
+        "latest_lora_step*/, best_lora_step*_iou*_dice*/ + best_merged_step*/, "
+        "final_lora_step*/, logs/training_metrics_lora_*.csv; auto: sam2_lora for LoRA runs "
+        "of sam2 / sam3_tracker, standard otherwise",
+    )
 
 
 class Config(_Section):
@@ -405,7 +441,8 @@ class Config(_Section):
     @model_validator(mode="before")
     @classmethod
     def _defaults_from_family(cls, raw: Any) -> Any:
-        """``loss.type`` from the family; the family's ``lora.target_modules`` when unset."""
+        """``loss.type`` from the family; the family's ``lora.target_modules``, model and seed
+        when unset."""
         if not isinstance(raw, dict):
             return raw
         model = raw.get("model") or {}
@@ -422,13 +459,20 @@ class Config(_Section):
             raw = {**raw, "loss": loss}
         if task is None or family == SCHEMA_FAMILY:
             return raw
+        training = raw.get("training")
+        if (training is None or isinstance(training, dict)) and "seed" not in (training or {}):
+            raw = {**raw, "training": {**(training or {}), "seed": PROMPTABLE_SEED}}
         lora = raw.get("lora")
         if (lora is None or isinstance(lora, dict)) and "target_modules" not in (lora or {}):
             raw = {**raw, "lora": {**(lora or {}), "target_modules": family_target_modules(family)}}
-        if isinstance(model, dict) and "name_or_path" not in model:
-            from sam3_lora.tasks import get_spec
+        from sam3_lora.tasks import get_spec
 
+        if isinstance(model, dict) and "name_or_path" not in model:
             raw = {**raw, "model": {**model, "name_or_path": get_spec(family).default_model}}
+        finetune = raw.get("finetune")
+        if (finetune is None or isinstance(finetune, dict)) and "lr_scale" not in (finetune or {}):
+            scale = get_spec(family).full_lr_scale
+            raw = {**raw, "finetune": {**(finetune or {}), "lr_scale": scale}}
         return raw
 
     @model_validator(mode="after")
@@ -481,6 +525,15 @@ class Config(_Section):
             raise ValueError(
                 "finetune.freeze: every component is frozen, nothing would be trained; "
                 "remove one from the list"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _layout_fits_the_mode(self) -> Config:
+        if self.output.layout == "sam2_lora" and self.finetune.mode == "full":
+            raise ValueError(
+                "output.layout sam2_lora names LoRA adapter folders, but finetune.mode full "
+                "saves whole models; use output.layout standard (or auto)"
             )
         return self
 

@@ -451,3 +451,33 @@ def merge_lora_weights(model: PeftModel) -> torch.nn.Module:
     if not isinstance(model, PeftModel):
         raise AdapterError("merge_lora_weights expects a PEFT model with a LoRA adapter")
     return model.merge_and_unload()
+
+
+def merged_state_dict(model: PeftModel) -> dict[str, torch.Tensor]:
+    """The base model's state dict with the active LoRA adapters folded in (``W + B A x
+    scale``, what ``merge_and_unload`` computes), on the CPU, leaving ``model`` untouched: a run
+    can save its merged best model and go on training the separate adapter."""
+    from peft.tuners.lora import LoraLayer
+
+    if not isinstance(model, PeftModel):
+        raise AdapterError("merged_state_dict expects a PEFT model with a LoRA adapter")
+    base = model.get_base_model()
+    deltas: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        for name, module in base.named_modules():
+            if not isinstance(module, LoraLayer):
+                continue
+            for adapter in module.active_adapters:
+                if adapter in module.lora_A:
+                    delta = module.get_delta_weight(adapter).detach()
+                    key = f"{name}.weight"
+                    deltas[key] = deltas[key] + delta if key in deltas else delta
+        state = {}
+        for key, tensor in base.state_dict().items():
+            if ".lora_" in key:
+                continue
+            key = key.replace(".base_layer.", ".")
+            if key in deltas:
+                tensor = tensor + deltas[key].to(tensor.dtype)
+            state[key] = tensor.detach().cpu().contiguous()
+    return state

@@ -15,7 +15,9 @@ from typing import Any
 from rich.console import Console
 
 from sam3_lora.config import Config, load_config
+from sam3_lora.engine.layout import LayoutPlan, format_learning_rate, latest_final
 from sam3_lora.engine.trainer import Trainer
+from sam3_lora.errors import CheckpointError
 from sam3_lora.lora import parameter_report, parameter_table
 from sam3_lora.memory.report import oom_advice
 from sam3_lora.models import load_model
@@ -28,6 +30,44 @@ def build_recipe(config: Config) -> TaskRecipe:
     """Load the base model of ``model.family`` and build its task and datasets."""
     loaded = load_model(config.model.name_or_path, config.model.family)
     return loaded.spec.build_recipe(config, loaded)
+
+
+def layout_plan(config: Config) -> LayoutPlan:
+    """The output layout of ``config``: ``output.layout``, or for ``auto`` the family's
+    (``sam2_lora`` for LoRA runs of the promptable families, ``standard`` otherwise); the run
+    name ``{family}_{size}_lora_r{rank}_a{alpha}_lr{lr}`` from the config."""
+    from sam3_lora.tasks import get_spec
+
+    spec = get_spec(config.model.family)
+    kind = config.output.layout
+    if kind == "auto":
+        kind = spec.default_layout if config.finetune.mode == "lora" else "standard"
+    if kind == "standard":
+        return LayoutPlan()
+    name = config.model.name_or_path
+    size = spec.model_size(name) if spec.model_size else Path(name.rstrip("/")).name
+    lora = config.lora
+    run_name = (
+        f"{config.model.family}_{size}_lora_r{lora.rank}_a{lora.alpha:g}_"
+        f"lr{format_learning_rate(config.training.learning_rate)}"
+    )
+    return LayoutPlan(kind, run_name, spec.best_metrics)
+
+
+def final_weights(config: Config) -> Path:
+    """What ``--eval-only`` evaluates: ``output_dir/final``, or the newest run folder's
+    ``final_lora_step*`` (layout ``sam2_lora``)."""
+    plan = layout_plan(config)
+    output_dir = Path(config.output.output_dir)
+    found = latest_final(plan, output_dir)
+    if found is not None:
+        return found
+    if plan.kind == "standard":
+        return output_dir / "final"  # evaluation names the missing folder
+    raise CheckpointError(
+        f"--eval-only: no {plan.run_name}_<timestamp>/final_lora_step* in {output_dir}; train "
+        "first, or pass --adapter"
+    )
 
 
 def is_main_process() -> bool:
@@ -62,15 +102,14 @@ class SAM3TrainerNative:
             kind = "LoRA" if config.finetune.mode == "lora" else "Full fine-tuning"
             self.console.print(parameter_table(report, title=f"{kind} on {source}"))
             self.console.print(recipe.description)
-            output_dir = Path(config.output.output_dir)
-            output_dir.mkdir(parents=True, exist_ok=True)
-            (output_dir / "config.yaml").write_text(config.to_yaml(), encoding="utf-8")
         trainer = Trainer(
             config,
             recipe.task,
             recipe.train_dataset,
             recipe.valid_dataset,
             memory_advice=partial(oom_advice, config),
+            layout=layout_plan(config),
+            config_text=config.to_yaml(),
         )
         summary = trainer.train(resume=resume)
         if main:

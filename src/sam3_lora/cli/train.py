@@ -25,14 +25,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         const=True,
         default=None,
         metavar="CHECKPOINT",
-        help="continue from the latest checkpoint in output_dir, or from CHECKPOINT",
+        help="continue from the latest checkpoint in output_dir (layout sam2_lora: the newest "
+        "run folder's latest_lora_step*), or from CHECKPOINT (a checkpoint or run folder)",
     )
     parser.add_argument(
         "--eval-only",
         "--eval_only",
         dest="eval_only",
         action="store_true",
-        help="evaluate (output_dir/final or --adapter) instead of training",
+        help="evaluate (output_dir/final, the newest run's final_lora_step*, or --adapter) "
+        "instead of training",
     )
     parser.add_argument("--adapter", help="with --eval-only: the adapter folder to evaluate")
     parser.add_argument(
@@ -53,8 +55,9 @@ def run(args: argparse.Namespace) -> int:
         return relaunch(args.num_gpus, without_option(args.argv, "--num_gpus"))
     if args.eval_only:
         from sam3_lora.tasks import get_spec
+        from sam3_lora.training import final_weights
 
-        adapter = Path(args.adapter) if args.adapter else Path(config.output.output_dir) / "final"
+        adapter = Path(args.adapter) if args.adapter else final_weights(config)
         if get_spec(config.model.family).task == "promptable":
             from sam3_lora.evaluation.promptable import evaluate_promptable_from_config
 

@@ -45,21 +45,38 @@ def open_split(split: SplitSettings | None, name: str) -> CocoDataset | None:
 
 
 def synthetic_root(config: Config) -> Path | None:
-    """The synthetic dataset the config asks for (generated on first use), or None."""
+    """The synthetic dataset the config asks for (generated on first use), or None.
+
+    Every style of ``data.synthetic.style`` is handled: ``plain`` / ``shifted`` shapes
+    (:mod:`sam3_lora.data.synthetic`) and ``steel`` defects (:mod:`sam3_lora.data.synthetic_steel`).
+    """
     synthetic = config.data.synthetic
     if synthetic is None:
         return None
+    common = {
+        "num_train": synthetic.num_train,
+        "num_val": synthetic.num_val,
+        "seed": synthetic.seed,
+        "image_size": synthetic.image_size,
+    }
+    if synthetic.style == "steel":
+        shape_only = [k for k in ("size_range", "distractors") if getattr(synthetic, k)]
+        if shape_only:
+            raise ConfigError(
+                f"{config.source}: data.synthetic.{shape_only[0]} applies to the shapes styles "
+                "(plain, shifted), not to style steel; remove it"
+            )
+        from sam3_lora.data.synthetic_steel import ensure_steel_dataset
+
+        return ensure_steel_dataset(synthetic.output_dir, **common)
     from sam3_lora.data.synthetic import ensure_shapes_dataset
 
     return ensure_shapes_dataset(
         synthetic.output_dir,
-        num_train=synthetic.num_train,
-        num_val=synthetic.num_val,
-        seed=synthetic.seed,
         style=synthetic.style,
         size_range=synthetic.size_range,
-        image_size=synthetic.image_size,
         distractors=tuple(synthetic.distractors),
+        **common,
     )
 
 
@@ -91,7 +108,10 @@ def split_sources(config: Config) -> list[SplitSource]:
             if annotation_file.is_file():
                 sources.append(SplitSource(name, annotation_file, note="synthetic"))
             else:
-                note = f"synthetic shapes, generated at {root} by the first `sam3-lora train`"
+                note = (
+                    f"synthetic {data.synthetic.style} dataset, generated at {root} by the first "
+                    "`sam3-lora train`"
+                )
                 sources.append(SplitSource(name, None, note=note))
         return sources
     if data.train is None:

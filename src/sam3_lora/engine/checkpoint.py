@@ -80,7 +80,8 @@ def read_trainer_state(folder: Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(
             f"{folder} is not a training checkpoint: {TRAINER_STATE} is missing "
-            "(pass a folder like output_dir/checkpoints/step-N)"
+            "(pass a folder like output_dir/checkpoints/step-N, or a run folder's "
+            "latest_lora_stepN)"
         )
     try:
         return json.loads(path.read_text(encoding="utf-8"))

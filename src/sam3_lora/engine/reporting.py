@@ -28,9 +28,15 @@ class MetricsLog:
         tensorboard: bool = True,
         rows: list | None = None,
         enabled: bool = True,
+        path: Path | None = None,
+        tensorboard_dir: Path | None = None,
     ):
-        """``enabled=False`` (processes other than the main one) keeps rows, writes nothing."""
-        self.path = Path(output_dir) / "metrics.csv"
+        """``enabled=False`` (processes other than the main one) keeps rows, writes nothing;
+        ``path`` / ``tensorboard_dir`` default to ``output_dir/metrics.csv`` / ``tensorboard``."""
+        self.path = Path(path) if path is not None else Path(output_dir) / "metrics.csv"
+        tensorboard_dir = tensorboard_dir or Path(output_dir) / "tensorboard"
+        if enabled:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         self.rows: list[dict[str, Any]] = list(rows or [])
         self.enabled = enabled
         self.writer = None
@@ -38,7 +44,7 @@ class MetricsLog:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.writer = SummaryWriter(log_dir=str(Path(output_dir) / "tensorboard"))
+                self.writer = SummaryWriter(log_dir=str(tensorboard_dir))
             except ImportError:  # pragma: no cover - tensorboard is a dependency
                 logger.warning("tensorboard is not installed; logging to metrics.csv only")
 

@@ -10,6 +10,7 @@ from torch.utils.data import Sampler
 from transformers import (
     get_constant_schedule_with_warmup,
     get_cosine_schedule_with_warmup,
+    get_cosine_with_min_lr_schedule_with_warmup,
     get_linear_schedule_with_warmup,
 )
 
@@ -52,8 +53,14 @@ def build_scheduler(
     warmup_steps: int,
     total_steps: int,
     cooldown_steps: int = 0,
+    min_lr_ratio: float = 0.0,
 ) -> torch.optim.lr_scheduler.LRScheduler:
-    """Linear warmup, then cosine / linear decay, constant, or Meta's inverse square root."""
+    """Linear warmup, then cosine / linear decay, constant, or Meta's inverse square root.
+    ``min_lr_ratio``: where the cosine ends, as a share of each group's peak (SAM2.1: 0.1)."""
+    if name == "cosine" and min_lr_ratio > 0:
+        return get_cosine_with_min_lr_schedule_with_warmup(
+            optimizer, warmup_steps, total_steps, min_lr_rate=min_lr_ratio
+        )
     if name == "cosine":
         return get_cosine_schedule_with_warmup(optimizer, warmup_steps, total_steps)
     if name == "linear":

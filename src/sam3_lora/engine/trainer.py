@@ -30,8 +30,8 @@ from accelerate.data_loader import get_sampler
 from accelerate.utils import (
     DistributedDataParallelKwargs,
     InitProcessGroupKwargs,
+    broadcast_object_list,
     gather_object,
-    set_seed,
 )
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
@@ -41,11 +41,11 @@ from sam3_lora.engine.checkpoint import (
     atomic_directory_write,
     finish_directory,
     fresh_directory,
-    latest_checkpoint,
     read_trainer_state,
-    rotate_checkpoints,
     write_trainer_state,
 )
+from sam3_lora.engine.determinism import seed_everything
+from sam3_lora.engine.layout import LayoutPlan, OutputLayout, new_run_dir, resolve_run
 from sam3_lora.engine.optim import decay_groups
 from sam3_lora.engine.reporting import (
     MetricsLog,
@@ -92,6 +92,10 @@ class Trainer:
         config: the run's config (``training``, ``evaluation`` and ``output`` sections are used).
         task: the task (see :mod:`sam3_lora.engine.task`).
         train_dataset / valid_dataset: datasets of the task's samples (``set_epoch`` optional).
+        layout: where the files go (:mod:`sam3_lora.engine.layout`); default ``standard``, all
+            in ``output.output_dir``. With ``sam2_lora`` that folder holds the run folders.
+        config_text: written to the run folder as ``config.yaml`` (the caller renders it: the
+            engine does not import the tasks that rendering needs).
         memory_advice: ``(GPU bytes or None) -> text`` that the out-of-memory stop puts in its
             message (the caller's estimate and the settings to change); default: a generic list.
     """
@@ -102,6 +106,8 @@ class Trainer:
         task: Task,
         train_dataset: Dataset,
         valid_dataset: Dataset | None,
+        layout: LayoutPlan | None = None,
+        config_text: str | None = None,
         memory_advice: Callable[[int | None], str] | None = None,
     ) -> None:
         self.config = config
@@ -110,12 +116,27 @@ class Trainer:
         self.train_dataset = train_dataset
         self.valid_dataset = valid_dataset
         self.collate_fn = task.collate
+        self.plan = layout or LayoutPlan()
+        self.config_text = config_text
         self.output_dir = Path(config.output.output_dir)
-        self.checkpoints_dir = self.output_dir / "checkpoints"
+        self.layout = OutputLayout(self.plan, self.output_dir)  # run folder: set in setup()
+        self.resume_request: str | Path | bool | None = None  # what train(resume=) asked for
+        self.resume_from: Path | None = None  # the checkpoint that request resolved to
         self.state = TrainerState()
+
+    @property
+    def run_dir(self) -> Path:
+        """The folder of this run's files (``output.output_dir`` in the standard layout)."""
+        return self.layout.run_dir
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.layout.checkpoints_dir
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
+        """Accelerator, seeds, the run folder (a new one, or that of :attr:`resume_request`),
+        loaders, optimizer, schedule."""
         settings = self.config.training
         self.accelerator = Accelerator(
             mixed_precision=resolve_mixed_precision(settings.mixed_precision),
@@ -131,9 +152,8 @@ class Trainer:
             ],
         )
         check_launch(self.accelerator)
-        set_seed(settings.seed)
-        if self.is_main:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
+        self._restore_determinism = seed_everything(settings.seed, settings.deterministic)
+        self._open_run_folder(self.resume_request)
         processes = self.accelerator.num_processes
         self.sampler = EpochShuffleSampler(len(self.train_dataset), settings.seed)
         train_loader = DataLoader(
@@ -170,6 +190,7 @@ class Trainer:
             settings.warmup_steps,
             self.total_steps,
             settings.cooldown_steps,
+            settings.min_lr_ratio,
         )
         self.model, self.optimizer, self.scheduler = self.accelerator.prepare(
             self.task.model, optimizer, scheduler
@@ -179,8 +200,30 @@ class Trainer:
         self.accelerator.register_save_state_pre_hook(lambda models, weights, _dir: weights.clear())
         self.accelerator.register_load_state_pre_hook(lambda models, _dir: models.clear())
         self.metrics = MetricsLog(
-            self.output_dir, tensorboard=self.config.output.tensorboard, enabled=self.is_main
+            self.run_dir,
+            tensorboard=self.config.output.tensorboard,
+            enabled=self.is_main,
+            path=self.layout.metrics_csv,
+            tensorboard_dir=self.layout.tensorboard_dir,
         )
+
+    def _open_run_folder(self, resume: str | Path | bool | None) -> None:
+        """Resolve the layout's run folder (the main process names a new one and every process
+        takes its name) and the checkpoint to resume from; write ``config.yaml`` into it."""
+        new_dir = [None]
+        if self.plan.kind != "standard" and self.is_main:
+            new_dir = [new_run_dir(self.output_dir, self.plan.run_name)]
+        if self.accelerator.num_processes > 1:
+            broadcast_object_list(new_dir)
+        self.layout, self.resume_from = resolve_run(
+            self.plan, self.output_dir, resume, new_dir=new_dir[0]
+        )
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.layout.prune_bests()  # a kill between two best writes left two pairs
+            if self.config_text is not None:
+                (self.run_dir / "config.yaml").write_text(self.config_text, encoding="utf-8")
+        self.accelerator.wait_for_everyone()
 
     @property
     def is_main(self) -> bool:
@@ -191,9 +234,8 @@ class Trainer:
         """The task's optimizer groups (per component and layer in full fine-tuning), or
         AdamW's usual two: weight decay on weights, none on biases and norms (Meta's rule)."""
         settings = self.config.training
-        if hasattr(self.task, "parameter_groups"):
-            groups = self.task.parameter_groups()
-        else:
+        groups = self.task.parameter_groups() if hasattr(self.task, "parameter_groups") else None
+        if groups is None:
             groups = decay_groups(
                 self.task.model.named_parameters(), settings.learning_rate, settings.weight_decay
             )
@@ -217,13 +259,10 @@ class Trainer:
         )
 
     # ----------------------------------------------------------------- resume
-    def resume(self, checkpoint: str | Path | bool) -> Path:
-        """Restore adapter, optimizer, scheduler, RNG and loop state; ``True`` = the latest."""
-        folder = latest_checkpoint(self.checkpoints_dir) if checkpoint is True else Path(checkpoint)
-        if folder is None:
-            raise CheckpointError(
-                f"--resume: no checkpoint in {self.checkpoints_dir}; start without --resume"
-            )
+    def resume(self, checkpoint: str | Path) -> Path:
+        """Restore adapter, optimizer, scheduler, RNG and loop state from ``checkpoint`` (what
+        :func:`sam3_lora.engine.layout.resolve_run` found for ``--resume``)."""
+        folder = Path(checkpoint)
         state = read_trainer_state(folder)
         self.task.load_weights(folder)
         try:
@@ -289,6 +328,10 @@ class Trainer:
                 f"s): {str(error).strip().splitlines()[0][:200]}. Checkpoints are in "
                 f"{self.checkpoints_dir}; start the run again with --resume"
             ) from None
+        finally:
+            restore = getattr(self, "_restore_determinism", None)
+            if restore is not None:  # training.deterministic changes process-wide settings
+                restore()
 
     def _out_of_memory_advice(self) -> str:
         """The caller's advice (its estimate and the settings to change), else a generic one."""
@@ -310,9 +353,10 @@ class Trainer:
             return generic
 
     def _train(self, resume: str | Path | bool | None) -> dict[str, Any]:
+        self.resume_request = resume
         self.setup()
-        if resume:
-            self.resume(resume)
+        if self.resume_from is not None:
+            self.resume(self.resume_from)
         settings = self.config.training
         accelerator = self.accelerator
         if settings.eval_at_start and self.state.global_step == 0 and self.valid_loader is not None:
@@ -486,7 +530,7 @@ class Trainer:
             self.state.best_metric, self.state.best_step = value, self.state.global_step
             self.state.evaluations_without_gain = 0
             if self.is_main:
-                atomic_directory_write(self.output_dir / "best", self.task.save_weights)
+                self._save_best(metrics)
         else:
             self.state.evaluations_without_gain += 1
             if settings.patience and self.state.evaluations_without_gain >= settings.patience:
@@ -494,17 +538,32 @@ class Trainer:
                 return "early stopping"
         return "finished"
 
+    def _save_best(self, metrics: dict[str, float]) -> None:
+        """``best/``; in the ``sam2_lora`` layout the ``best_lora_...`` adapter and, when the
+        task can fold it in, the ``best_merged_...`` model, replacing the previous pair (each
+        folder atomic; the old pair goes once the new one is complete)."""
+        step = self.state.global_step
+        written = [
+            atomic_directory_write(self.layout.best_dir(step, metrics), self.task.save_weights)
+        ]
+        save_merged = getattr(self.task, "save_merged_weights", None)
+        if self.layout.named and save_merged is not None:
+            target = self.layout.best_dir(step, metrics, merged=True)
+            written.append(atomic_directory_write(target, save_merged))
+        self.layout.prune_bests(keep=tuple(written))
+
     # ------------------------------------------------------------ checkpoint
     def save_checkpoint(self) -> Path:
-        """``checkpoints/step-N``: adapter + optimizer / scheduler / RNG + loop state, atomic.
+        """``checkpoints/step-N`` (``latest_lora_stepN``): adapter + optimizer / scheduler / RNG +
+        loop state, atomic; the oldest beyond ``training.save_total_limit`` are deleted.
 
         Every process writes its part of Accelerate's state (its RNG; FSDP's shards) into one
         temporary folder; the main process adds the weights and the loop state and renames it
         into place once complete.
         """
         accelerator = self.accelerator
-        target = self.checkpoints_dir / f"step-{self.state.global_step}"
-        temporary = self.checkpoints_dir / f".{target.name}.tmp"
+        target = self.layout.checkpoint_dir(self.state.global_step)
+        temporary = target.parent / f".{target.name}.tmp"
         if self.is_main:
             fresh_directory(temporary)
         accelerator.wait_for_everyone()
@@ -514,7 +573,7 @@ class Trainer:
             self.task.save_weights(temporary)
             write_trainer_state(temporary, self.state.__dict__)
             finish_directory(temporary, target)
-            rotate_checkpoints(self.checkpoints_dir, self.config.training.save_total_limit)
+            self.layout.rotate(self.config.training.save_total_limit)
         accelerator.wait_for_everyone()
         return target
 
@@ -525,12 +584,13 @@ class Trainer:
         )
         if not evaluated_last_step and self.valid_loader is not None and stop_reason == "finished":
             self._evaluate_and_track()
+        final_dir = self.layout.final_dir(self.state.global_step)
         if self.is_main:
-            atomic_directory_write(self.output_dir / "final", self.task.save_weights)
+            atomic_directory_write(final_dir, self.task.save_weights)
         elapsed = time.perf_counter() - started
         images = self.state.images_seen - images_at_start
         final_metrics = self.state.history[-1] if self.state.history else {}
-        adapter_file = self.output_dir / "final" / "adapter_model.safetensors"
+        adapter_file = final_dir / "adapter_model.safetensors"
         summary = {
             "stop_reason": stop_reason,
             "steps": self.state.global_step,
@@ -549,7 +609,9 @@ class Trainer:
             "adapter_size_mb": round(adapter_file.stat().st_size / 2**20, 3)
             if adapter_file.exists()
             else None,
-            "output_dir": str(self.output_dir),
+            "output_dir": str(self.run_dir),
+            "final_dir": str(final_dir),
+            "best_dir": str(best) if (best := self.layout.current_best()) else None,
         }
         self.summary_table = summary_table(summary)
         self.comparison_table = None
@@ -561,8 +623,8 @@ class Trainer:
             }
             self.comparison_table = comparison_table(summary["base_metrics"], final_metrics)
         if self.is_main:
-            write_summary(summary, self.output_dir / "training_summary.json")
-            plot_curves(self.metrics.rows, self.output_dir / "curves.png")
+            write_summary(summary, self.run_dir / "training_summary.json")
+            plot_curves(self.metrics.rows, self.run_dir / "curves.png")
         self.metrics.close()
         self.accelerator.wait_for_everyone()
         return summary

@@ -33,6 +33,7 @@ class TaskSpec:
             layer-wise learning-rate decay, or None for parameters outside the layered trunk.
         full_learning_rates: component -> base learning rate of full fine-tuning (before
             ``finetune.lr_scale``); ``default`` for the components without one.
+        full_lr_scale: ``finetune.lr_scale`` when a config sets none (SAM3: Meta's 0.1).
         build_task: ``(config, loaded) -> task`` without datasets (``param-groups`` uses it).
         gated_hint: what to do when the default weights cannot be downloaded.
         unused_modules: modules of the ``transformers`` model that its forward never runs:
@@ -45,6 +46,11 @@ class TaskSpec:
             (``lora-info --memory`` estimates a hub model without downloading it).
         memory_probe: ``(config, base model, resolution) -> probe`` counting one training step
             (see :mod:`sam3_lora.memory`), or None when the task has none.
+        default_layout: ``output.layout`` of LoRA runs when the config says ``auto``
+            (:mod:`sam3_lora.engine.layout`); full fine-tuning always uses ``standard``.
+        model_size: ``model.name_or_path -> size`` in run folder names (``large``); None: the
+            name's last part.
+        best_metrics: ``(label, metric)`` pairs in the names of the best folders.
     """
 
     family: str
@@ -61,6 +67,7 @@ class TaskSpec:
     build_recipe: Callable[..., Any] | None = None
     layer_of: Callable[[str, int], tuple[str, int, int] | None] | None = None
     full_learning_rates: dict[str, float] = field(default_factory=dict)
+    full_lr_scale: float = 0.1
     build_task: Callable[..., Any] | None = None
     gated_hint: str = ""
     unused_modules: tuple[str, ...] = ()
@@ -68,6 +75,9 @@ class TaskSpec:
     hub_ids: tuple[str, ...] = ()
     hub_architectures: dict[str, str] = field(default_factory=dict)
     memory_probe: Callable[..., Any] | None = None
+    default_layout: str = "standard"
+    model_size: Callable[[str], str] | None = None
+    best_metrics: tuple[tuple[str, str], ...] = ()
 
     def component_of(self, name: str) -> str:
         """The component flag that covers a module or parameter name (its top-level module

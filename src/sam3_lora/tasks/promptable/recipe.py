@@ -8,9 +8,9 @@ import logging
 from sam3_lora.config import Config
 from sam3_lora.data.coco import CocoDataset
 from sam3_lora.errors import ConfigError
-from sam3_lora.lora import apply_lora_to_model
 from sam3_lora.models import LoadedModel
 from sam3_lora.tasks.promptable.data import resolve_promptable_splits
+from sam3_lora.tasks.promptable.finetune import describe_mode, group_builder, prepare_network
 from sam3_lora.tasks.promptable.loss import PromptableLoss
 from sam3_lora.tasks.promptable.module import PromptableModel
 from sam3_lora.tasks.promptable.samples import PromptDataset
@@ -84,12 +84,18 @@ def warn_box_only(coco: CocoDataset) -> int:
 
 
 def build_promptable_task(config: Config, loaded: LoadedModel) -> PromptableTask:
-    """Inject LoRA into the loaded base model and wrap it in the promptable task."""
-    network = apply_lora_to_model(loaded.model, config.lora)
+    """The promptable task of ``config`` on the loaded base model: LoRA injected
+    (``finetune.mode: lora``) or the weights made trainable (``full``), with the optimizer
+    groups of the mode (Meta's SAM2.1 groups in full mode)."""
+    network = prepare_network(loaded.model, config)
     settings = config.loss.model_dump(exclude={"type"})
     module = PromptableModel(network, **{k: settings.pop(k) for k in MODULE_SETTINGS})
     return PromptableTask(
-        module, PromptableLoss(**settings), mask_threshold=config.evaluation.mask_threshold
+        module,
+        PromptableLoss(**settings),
+        mask_threshold=config.evaluation.mask_threshold,
+        groups=group_builder(network, config),
+        processor=loaded.processor,
     )
 
 
@@ -99,7 +105,8 @@ def build_promptable_recipe(config: Config, loaded: LoadedModel) -> TaskRecipe:
     task = build_promptable_task(config, loaded)
     train, valid = build_promptable_datasets(config, image_input)
     description = (
-        f"{len(train)} training images, {len(valid) if valid else 0} validation images, "
+        f"{describe_mode(config)}; {len(train)} training images, "
+        f"{len(valid) if valid else 0} validation images, "
         f"{len(train.coco.categories)} categories, resolution {image_input.resolution}, "
         f"up to {config.data.max_prompts_per_image} objects per image"
     )

@@ -51,6 +51,11 @@ COMPONENTS: dict[str, tuple[str, ...]] = {
 #: layers are also named ``proj_in`` / ``proj_out``) out.
 MASK_DECODER_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "mlp.proj_in", "mlp.proj_out")
 
+#: Meta's SAM2.1 fine-tuning learning rates (``scratch.vision_lr`` for the image encoder,
+#: ``scratch.base_lr`` for the rest), used as they are (``finetune.lr_scale`` 1 for these families).
+FULL_LEARNING_RATES = {"image_encoder": 3e-6, "default": 5e-6}
+FULL_LR_SCALE = 1.0
+
 SAM2_SIZES = ("tiny", "small", "base-plus", "large")
 
 #: The released SAM2.1 checkpoints on the Hugging Face hub.
@@ -327,12 +332,6 @@ ALIASES: dict[str, dict[str, str]] = {
     },
 }
 
-_HIERA_BLOCK = re.compile(r"vision_encoder\.backbone\.blocks\.(\d+)\.")
-_VIT_LAYER = re.compile(r"vision_encoder\.backbone\.layers\.(\d+)\.")
-_EMBEDDINGS = tuple(
-    f"vision_encoder.backbone.{name}" for name in ("patch_embed", "pos_embed", "embeddings")
-)
-
 
 def build_alias(family: str, name: str) -> tuple[Any, Any]:
     """``tiny`` -> the shipped folder; ``tiny-random`` -> a built model and processor; the
@@ -350,15 +349,56 @@ def build_alias(family: str, name: str) -> tuple[Any, Any]:
     raise KeyError(name)
 
 
+_HIERA_BLOCK = re.compile(r"vision_encoder\.backbone\.blocks\.(\d+)\.")
+_VIT_LAYER = re.compile(r"vision_encoder\.backbone\.layers\.(\d+)\.")
+#: Layer 0 of the trunk: Hiera's patch embedding; SAM3's ViT patch embedding and ``ln_pre``.
+_STEM = (
+    "vision_encoder.backbone.patch_embed.",
+    "vision_encoder.backbone.embeddings.patch_embeddings.",
+    "vision_encoder.backbone.layer_norm.",
+)
+#: Prefixes of the task module (``network.``) and of PEFT (``base_model.model.``) in names.
+_WRAPPERS = ("network.", "base_model.model.")
+
+
+def bare_name(name: str) -> str:
+    """A parameter name of the bare model (the task module's / PEFT's prefixes removed)."""
+    for prefix in _WRAPPERS:
+        name = name.removeprefix(prefix)
+    return name
+
+
 def layer_of(name: str, num_layers: int) -> tuple[str, int, int] | None:
-    """``(component, block index, blocks)`` of an image-encoder block parameter (Hiera's
-    ``blocks.N`` or SAM3's ViT ``layers.N``) for layer-wise decay; the patch embedding is 0."""
-    match = _HIERA_BLOCK.search(name) or _VIT_LAYER.search(name)
+    """``(component, layer index, layers)`` of an image-encoder trunk parameter for layer-wise
+    decay, as Hiera's ``get_layer_id`` counts (Meta's SAM2.1 training): with L blocks, block k
+    (from 0) is layer k + 1 (lr x ``decay^(L - k)``), the patch embedding layer 0
+    (``decay^(L + 1)``). None (no decay) for the rest: the position embeddings (``pos_embed``,
+    ``pos_embed_window``; SAM3's ``position_embeddings``), which Meta's ``*pos_embed*`` override
+    keeps at 1, and the neck, which Meta's ``apply_to: image_encoder.trunk`` leaves out. SAM3's
+    ViT (``layers.k``, the patch embedding and pre-block LayerNorm layer 0) counts the same."""
+    name = bare_name(name)
+    match = _HIERA_BLOCK.match(name) or _VIT_LAYER.match(name)
     if match:
         return "image_encoder", int(match.group(1)) + 1, num_layers
-    if name.startswith(_EMBEDDINGS):
+    if name.startswith(_STEM):
         return "image_encoder", 0, num_layers
     return None
+
+
+def model_size(name_or_path: str) -> str:
+    """The size in a run folder's name: ``large`` for ``facebook/sam2.1-hiera-large`` or
+    ``sam2.1-large-size``, else the name's last part (``tiny``, ``sam3``, a folder's name)."""
+    for size in sorted(SAM2_SIZES, key=len, reverse=True):
+        if re.search(rf"(hiera-|sam2\.1-){re.escape(size)}(-size)?$", name_or_path.rstrip("/")):
+            return size
+    last = name_or_path.rstrip("/").rsplit("/", 1)[-1]
+    return re.sub(r"[^A-Za-z0-9.+-]+", "-", last).strip("-") or "model"
+
+
+def build_task(config: Any, loaded: Any) -> Any:
+    from sam3_lora.tasks.promptable.recipe import build_promptable_task
+
+    return build_promptable_task(config, loaded)
 
 
 def build_recipe(config: Any, loaded: Any) -> Any:
@@ -409,11 +449,17 @@ def _task_spec(family: str, default_model: str, hub_ids: tuple[str, ...]) -> Tas
         build_alias=lambda name: build_alias(family, name),
         build_recipe=build_recipe,
         layer_of=layer_of,
+        full_learning_rates=FULL_LEARNING_RATES,
+        full_lr_scale=FULL_LR_SCALE,
+        build_task=build_task,
         gated_hint=_GATED_HINTS[family],
         default_target_modules=facts.lora_targets,
         hub_ids=hub_ids,
         hub_architectures=HUB_ARCHITECTURES[family],
         memory_probe=memory_probe,
+        default_layout="sam2_lora",
+        model_size=model_size,
+        best_metrics=(("iou", "val/miou"), ("dice", "val/dice")),
     )
 
 

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from peft import PeftModel
 from torch import Tensor
 
 from sam3_lora.errors import AdapterError, CheckpointError
-from sam3_lora.lora import load_adapter_weights_strict, save_lora_weights
+from sam3_lora.lora import load_adapter_weights_strict, merged_state_dict, save_lora_weights
 from sam3_lora.models import load_model_weights_strict
 from sam3_lora.tasks.promptable.loss import TERMS, PromptableLoss
 from sam3_lora.tasks.promptable.module import PromptableModel, PromptableOutputs
@@ -34,6 +35,10 @@ class PromptableTask:
         loss: Meta's multi-step, multi-mask loss.
         mask_threshold: mask probability threshold of the validation IoU / Dice.
         extra_prompts: validation prompts after the box one.
+        groups: ``named parameters -> AdamW groups`` (:mod:`sam3_lora.tasks.promptable.finetune`);
+            None: the trainer's two LoRA groups.
+        processor: the model's processor, saved beside whole-model weights (full mode, the
+            merged best model) so that the folders load for prediction as they are.
     """
 
     def __init__(
@@ -42,8 +47,12 @@ class PromptableTask:
         loss: PromptableLoss,
         mask_threshold: float = 0.5,
         extra_prompts: Sequence[str] = EXTRA_VALIDATION_PROMPTS,
+        groups: Callable[[Any], list[dict]] | None = None,
+        processor: Any | None = None,
     ) -> None:
         self.model = model
+        self.groups = groups
+        self.processor = processor
         self.criterion = loss
         self.mask_threshold = mask_threshold
         self.extra_prompts = tuple(extra_prompts)
@@ -98,13 +107,44 @@ class PromptableTask:
         """The PEFT model (LoRA) or the plain ``Sam2Model`` / ``Sam3TrackerModel``."""
         return self.model.network
 
+    @property
+    def find_unused_parameters(self) -> bool:
+        """Full fine-tuning may train weights a batch leaves without gradient (the prompt
+        encoder's mask embedding without mask input, SAM3's dropped neck level): DDP must look
+        for them. LoRA adapters are all reached."""
+        return not isinstance(self.network, PeftModel)
+
+    def parameter_groups(self) -> list[dict] | None:
+        """AdamW param groups of the trainable parameters (``name``, ``params``, ``lr``,
+        ``weight_decay``): per component and trunk layer in full mode, decay / no decay in LoRA;
+        None without a group builder (the trainer then builds its two LoRA groups)."""
+        if self.groups is None:
+            return None
+        return self.groups(self.network.named_parameters())
+
     def save_weights(self, folder: Path) -> None:
         """Write what is trained into ``folder``: the adapter (PEFT format) for a LoRA model,
-        the whole model (``save_pretrained``) when every weight is trained."""
+        the whole model (``save_pretrained``, safetensors) and its processor when every weight
+        is trained (a folder ``Sam2Model.from_pretrained`` loads)."""
         if isinstance(self.network, PeftModel):
             save_lora_weights(self.network, folder)
-        else:
-            self.network.save_pretrained(folder, safe_serialization=True)
+            return
+        self.network.save_pretrained(folder, safe_serialization=True)
+        if self.processor is not None:
+            self.processor.save_pretrained(folder)
+
+    def save_merged_weights(self, folder: Path) -> None:
+        """Write the model with the adapter folded in (a plain ``Sam2Model`` /
+        ``Sam3TrackerModel`` folder, safetensors, and the processor), the training model left
+        as it is. LoRA only: in full mode :meth:`save_weights` already writes the model."""
+        if not isinstance(self.network, PeftModel):
+            raise CheckpointError("save_merged_weights: the model carries no LoRA adapter")
+        base = self.network.get_base_model()
+        base.save_pretrained(
+            folder, state_dict=merged_state_dict(self.network), safe_serialization=True
+        )
+        if self.processor is not None:
+            self.processor.save_pretrained(folder)
 
     def load_weights(self, folder: Path) -> None:
         """Load what :meth:`save_weights` wrote, strictly (missing / unexpected keys fail)."""
