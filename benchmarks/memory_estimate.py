@@ -333,6 +333,7 @@ def compare_sam3_size(resolution: int, device: torch.device) -> list[Row]:
     from train_step import random_sam3
 
     from sam3_lora.tasks.concept.spec import SPEC
+    from sam3_lora.tasks.concept.tiny import build_tiny_processor
 
     config = load_config("balanced", {"model.name_or_path": "sam3-size"})
     model, _ = memory_model(config, resolution, target=device.type)
@@ -340,7 +341,7 @@ def compare_sam3_size(resolution: int, device: torch.device) -> list[Row]:
     for checkpointing in (False, True):
         estimate = model.estimate(MemorySettings(1, 2, "bf16", checkpointing))
         config.training.gradient_checkpointing = checkpointing
-        loaded = LoadedModel(random_sam3(resolution), None, "sam3-size", SPEC)
+        loaded = LoadedModel(random_sam3(resolution), build_tiny_processor(), "sam3-size", SPEC)
         task, step = concept_step(loaded, config, 1, 2)
         saved, peak = measure(task, step, device)
         rows.append(
