@@ -340,8 +340,10 @@ class Trainer:
             "training.gradient_checkpointing, set loss.mask_loss_resolution, or adapt fewer "
             "components (a smaller preset)"
         )
-        if self.memory_advice is None:
-            return generic
+        accelerator = getattr(self, "accelerator", None)
+        if self.memory_advice is None or (accelerator is not None and not self.is_main):
+            return generic  # one process estimates (it takes a while at the released size)
+        logger.info("out of GPU memory: estimating what fits")
         gpu_memory = None
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
