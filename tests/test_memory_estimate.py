@@ -214,3 +214,25 @@ def test_out_of_memory_advice_names_the_estimate_and_the_settings() -> None:
     assert advice.startswith("predicted peak") and "batch 2" in advice
     assert "to fit in 100 MiB" in advice and "\n" not in advice
     assert "lora-info" in oom_advice(config.model_copy(update={"model": None}))
+
+
+def test_hub_ids_map_to_their_architectures_without_a_download() -> None:
+    from sam3_lora.memory.build import architecture
+    from sam3_lora.tasks import get_spec
+
+    model, source = architecture("facebook/sam2.1-hiera-large", get_spec("sam2"))
+    assert source == "facebook/sam2.1-hiera-large (sam2.1-large-size)"
+    assert next(model.parameters()).is_meta
+    assert model.config.vision_config.backbone_config.hidden_size == 144  # Hiera-L
+    tracker, _ = architecture("facebook/sam3", get_spec("sam3_tracker"))
+    assert type(tracker).__name__ == "Sam3TrackerModel"
+
+
+def test_an_unknown_model_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sam3_lora.errors import ModelLoadError
+    from sam3_lora.memory.build import architecture
+    from sam3_lora.tasks import get_spec
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError, match="cannot estimate `someone/no-such-sam3`.*sam3-size"):
+        architecture("someone/no-such-sam3", get_spec("sam3"))
