@@ -122,11 +122,11 @@ def run_memory(args: argparse.Namespace) -> int:
     estimates = [model.estimate(s) for s in columns]
     static = model.static(settings.qlora)
     mode = "full fine-tuning" if config.finetune.mode == "full" else f"LoRA r{config.lora.rank}"
-    resolution = getattr(model.probe, "resolution", args.resolution)
     console = Console()
+    batch = settings.describe().rsplit(", checkpointing", 1)[0]
     title = (
         f"Peak training memory of {source}: {mode} ({static.trainable_parameters / 1e6:.2f} M "
-        f"trainable), {resolution} px, {settings.describe().rsplit(', checkpointing', 1)[0]}"
+        f"trainable), {model.probe.resolution} px, {batch}"
     )
     console.print(memory_table(estimates, title))
     if not model.probe.checkpointing_supported:

@@ -38,11 +38,15 @@ class MemoryProbe(Protocol):
 
     Attributes:
         network: the model as training holds it (LoRA injected / components trainable).
-        task: the task folder (``concept``), for messages.
+        checkpointing_supported: whether the task applies ``training.gradient_checkpointing``.
+        checkpointed_layers: how many layers checkpointing wraps (0 without it).
+        resolution: the input size probed.
     """
 
     network: torch.nn.Module
+    resolution: int
     checkpointing_supported: bool
+    checkpointed_layers: int
 
     def run(
         self, images: int, prompts_per_image: int, precision: Precision, checkpointing: bool
@@ -207,7 +211,7 @@ class MemoryModel:
         workspace = 2 * fit.largest_at(images, prompts)
         if checkpointing:
             full = self.fit(settings.precision, False)
-            layers = max(getattr(self.probe, "checkpointed_layers", 1), 1)
+            layers = max(self.probe.checkpointed_layers, 1)
             workspace += max(full.at(images, prompts) - fit.at(images, prompts), 0) / layers
         return MemoryEstimate(
             settings=replace(settings, gradient_checkpointing=checkpointing),
