@@ -35,7 +35,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=("bf16", "fp16", "fp32"),
         help="default: training.mixed_precision (auto = bf16, a GPU's)",
     )
-    memory.add_argument("--gpu_memory", help="the GPU's memory, e.g. 16GB: says what fits")
+    memory.add_argument(
+        "--gpu_memory", help="the GPU's memory, e.g. 16GB: says what fits (default: this GPU's)"
+    )
     memory.add_argument(
         "--gradient_checkpointing",
         action="store_true",
@@ -81,6 +83,15 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def local_gpu_memory() -> int | None:
+    """This machine's first GPU's memory (the default of --gpu_memory), None without one."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return int(torch.cuda.get_device_properties(0).total_memory)
+
+
 def run_memory(args: argparse.Namespace) -> int:
     """The memory table (checkpointing off / on), whether it fits, and what would."""
     from dataclasses import replace
@@ -100,7 +111,7 @@ def run_memory(args: argparse.Namespace) -> int:
         suggestions,
     )
 
-    budget = parse_gpu_memory(args.gpu_memory) if args.gpu_memory else None
+    budget = parse_gpu_memory(args.gpu_memory) if args.gpu_memory else local_gpu_memory()
     for flag in ("resolution", "prompts_per_image"):
         value = getattr(args, flag)
         if value is not None and value < 1:
