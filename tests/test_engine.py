@@ -129,3 +129,37 @@ def test_out_of_memory_stops_with_the_settings_to_change(
     with pytest.raises(TrainingError, match="out of GPU memory at step 3.*gradient_checkpointing"):
         _run(tmp_path, **{"training.max_steps": 5, "training.save_steps": 2})
     assert [step for step, _ in step_checkpoints(tmp_path / "checkpoints")] == [2]
+
+
+def test_out_of_memory_message_carries_the_estimate_it_is_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = {"n": 0}
+    real = ToyTask.loss
+
+    def runs_out_at_step_3(self: ToyTask, outputs: object, batch: object, num: object = None):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(self, outputs, batch, num)
+
+    monkeypatch.setattr(ToyTask, "loss", runs_out_at_step_3)
+    from sam3_lora.engine.trainer import TrainingError
+
+    config = load_config(
+        None, toy_overrides(tmp_path, **{"training.max_steps": 5, "training.save_steps": 2})
+    )
+    seen: list[int | None] = []
+
+    def advice(gpu_memory: int | None) -> str:
+        seen.append(gpu_memory)
+        return "predicted peak 9.00 GiB; to fit in 8.00 GiB: gradient_checkpointing: true"
+
+    trainer = Trainer(config, ToyTask(), ToyDataset(64, seed=1), None, memory_advice=advice)
+    with pytest.raises(TrainingError) as raised:
+        trainer.train()
+    message = str(raised.value)
+    assert message.startswith("out of GPU memory at step 3") and "\n" not in message
+    assert "predicted peak 9.00 GiB; to fit in 8.00 GiB: gradient_checkpointing" in message
+    assert "--resume" in message and seen == [None]
+    assert (tmp_path / "checkpoints" / "step-2" / "model.safetensors").is_file()

@@ -8,9 +8,14 @@ The public API is imported lazily, so ``import sam3_lora`` stays fast::
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import Any
 
 __version__ = "0.1.0"
+
+# bitsandbytes (imported by peft when installed) warns on every import, on CPUs with AVX512-BF16,
+# that an optional hub kernel is missing; QLoRA on CPU uses its generic kernel instead.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 _EXPORTS = {
     "SAM3LoRAInference": "sam3_lora.predict.inference",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from sam3_lora.engine.layout import LayoutPlan, format_learning_rate, latest_fin
 from sam3_lora.engine.trainer import Trainer
 from sam3_lora.errors import CheckpointError
 from sam3_lora.lora import parameter_report, parameter_table
+from sam3_lora.memory.report import oom_advice
 from sam3_lora.models import load_model
 from sam3_lora.tasks.spec import TaskRecipe
 
@@ -107,6 +109,7 @@ class SAM3TrainerNative:
             recipe.task,
             recipe.train_dataset,
             recipe.valid_dataset,
+            memory_advice=partial(oom_advice, config),
             layout=layout_plan(config),
             config_text=config.to_yaml(),
         )

@@ -98,6 +98,8 @@ class Trainer:
             in ``output.output_dir``. With ``sam2_lora`` that folder holds the run folders.
         config_text: written to the run folder as ``config.yaml`` (the caller renders it: the
             engine does not import the tasks that rendering needs).
+        memory_advice: ``(GPU bytes or None) -> text`` that the out-of-memory stop puts in its
+            message (the caller's estimate and the settings to change); default: a generic list.
     """
 
     def __init__(
@@ -108,8 +110,10 @@ class Trainer:
         valid_dataset: Dataset | None,
         layout: LayoutPlan | None = None,
         config_text: str | None = None,
+        memory_advice: Callable[[int | None], str] | None = None,
     ) -> None:
         self.config = config
+        self.memory_advice = memory_advice
         self.task = task
         self.train_dataset = train_dataset
         self.valid_dataset = valid_dataset
@@ -312,9 +316,7 @@ class Trainer:
             settings = self.config.training
             raise TrainingError(
                 f"out of GPU memory at step {self.state.global_step + 1} (batch "
-                f"{settings.batch_size} per process): lower training.batch_size (or, for SAM3, "
-                "data.max_prompts_per_image), turn on training.gradient_checkpointing, set "
-                "loss.mask_loss_resolution, or adapt fewer components (a smaller preset). "
+                f"{settings.batch_size} per process): {self._out_of_memory_advice()}. "
                 "Checkpoints are in "
                 f"{self.checkpoints_dir}; --resume continues from the last one"
             ) from None
@@ -333,6 +335,27 @@ class Trainer:
             restore = getattr(self, "_restore_determinism", None)
             if restore is not None:  # training.deterministic changes process-wide settings
                 restore()
+
+    def _out_of_memory_advice(self) -> str:
+        """The caller's advice (its estimate and the settings to change), else a generic one."""
+        generic = (
+            "lower training.batch_size (or data.max_prompts_per_image), turn on "
+            "training.gradient_checkpointing, set loss.mask_loss_resolution, or adapt fewer "
+            "components (a smaller preset)"
+        )
+        accelerator = getattr(self, "accelerator", None)
+        if self.memory_advice is None or (accelerator is not None and not self.is_main):
+            return generic  # one process estimates (it takes a while at the released size)
+        logger.info("out of GPU memory: estimating what fits")
+        gpu_memory = None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+            gpu_memory = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+        try:
+            return self.memory_advice(gpu_memory)
+        except Exception as error:  # the advice must not hide the out-of-memory stop
+            logger.warning("memory advice failed: %s", error)
+            return generic
 
     def _train(self, resume: str | Path | bool | None) -> dict[str, Any]:
         self.resume_request = resume

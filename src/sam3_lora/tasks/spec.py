@@ -42,6 +42,10 @@ class TaskSpec:
         default_target_modules: ``lora.target_modules`` when the config sets none: per component
             the dotted name suffixes of the adapted layers; None = the schema's default (SAM3's).
         hub_ids: hub ids known to be this family's (``--model`` picks the family from them).
+        hub_architectures: hub id -> the alias that builds its architecture on the meta device
+            (``lora-info --memory`` estimates a hub model without downloading it).
+        memory_probe: ``(config, base model, resolution) -> probe`` counting one training step
+            (see :mod:`sam3_lora.memory`), or None when the task has none.
         default_layout: ``output.layout`` of LoRA runs when the config says ``auto``
             (:mod:`sam3_lora.engine.layout`); full fine-tuning always uses ``standard``.
         model_size: ``model.name_or_path -> size`` in run folder names (``large``); None: the
@@ -72,6 +76,8 @@ class TaskSpec:
     unused_modules: tuple[str, ...] = ()
     default_target_modules: dict[str, tuple[str, ...]] | None = None
     hub_ids: tuple[str, ...] = ()
+    hub_architectures: dict[str, str] = field(default_factory=dict)
+    memory_probe: Callable[..., Any] | None = None
     default_layout: str = "standard"
     model_size: Callable[[str], str] | None = None
     best_metrics: tuple[tuple[str, str], ...] = ()

@@ -99,6 +99,12 @@ def build_task(config: Any, loaded: Any) -> Any:
     return build_concept_task(config, loaded)
 
 
+def memory_probe(config: Any, model: Any, resolution: int | None) -> Any:
+    from sam3_lora.tasks.concept.memory import ConceptMemoryProbe
+
+    return ConceptMemoryProbe(config, model, resolution)
+
+
 def build_recipe(config: Any, loaded: Any) -> Any:
     from sam3_lora.tasks.concept.recipe import build_concept_recipe
 
@@ -126,4 +132,6 @@ SPEC = TaskSpec(
     # `text_projection` instead.
     unused_modules=("text_encoder.text_projection",),
     float_modules=FLOAT_MODULES,
+    hub_architectures={"facebook/sam3": "sam3-size"},
+    memory_probe=memory_probe,
 )

@@ -422,6 +422,22 @@ _GATED_HINTS = {
 FLOAT_MODULES = ("prompt_encoder", "mask_decoder")
 
 
+def memory_probe(config: Any, model: Any, resolution: int | None) -> Any:
+    from sam3_lora.tasks.promptable.memory import PromptableMemoryProbe
+
+    return PromptableMemoryProbe(config, model, resolution)
+
+
+#: Hub ids -> the meta-device builders of their architectures (SAM2.0 ids: the SAM2.1 shapes).
+HUB_ARCHITECTURES: dict[str, dict[str, str]] = {
+    "sam2": {
+        **{f"facebook/sam2.1-hiera-{s}": f"sam2.1-{s}-size" for s in SAM2_SIZES},
+        **{f"facebook/sam2-hiera-{s}": f"sam2.1-{s}-size" for s in SAM2_SIZES},
+    },
+    "sam3_tracker": {SAM3_TRACKER_HUB_ID: "sam3-tracker-size"},
+}
+
+
 def _task_spec(family: str, default_model: str, hub_ids: tuple[str, ...]) -> TaskSpec:
     facts = SPECS[family]
     return TaskSpec(
@@ -444,6 +460,8 @@ def _task_spec(family: str, default_model: str, hub_ids: tuple[str, ...]) -> Tas
         gated_hint=_GATED_HINTS[family],
         default_target_modules=facts.lora_targets,
         hub_ids=hub_ids,
+        hub_architectures=HUB_ARCHITECTURES[family],
+        memory_probe=memory_probe,
         default_layout="sam2_lora",
         model_size=model_size,
         best_metrics=(("iou", "val/miou"), ("dice", "val/dice")),
