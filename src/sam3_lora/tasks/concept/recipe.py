@@ -17,13 +17,14 @@ from sam3_lora.errors import ConfigError
 from sam3_lora.models import LoadedModel
 from sam3_lora.tasks.concept.checkpointing import enable_activation_checkpointing
 from sam3_lora.tasks.concept.feature_cache import VisionFeatureCache
-from sam3_lora.tasks.concept.finetune import describe_mode, group_builder, prepare_network
+from sam3_lora.tasks.concept.finetune import group_builder, prepare_network
 from sam3_lora.tasks.concept.loss import LossWeights, Sam3ConceptLoss
 from sam3_lora.tasks.concept.module import ConceptModel
 from sam3_lora.tasks.concept.negatives import verify_negatives
 from sam3_lora.tasks.concept.samples import ConceptDataset
 from sam3_lora.tasks.concept.spec import PIXEL_MEAN, PIXEL_STD
 from sam3_lora.tasks.concept.task import ConceptTask
+from sam3_lora.tasks.finetune import describe_mode
 from sam3_lora.tasks.spec import TaskRecipe
 
 logger = logging.getLogger(__name__)

@@ -18,15 +18,14 @@ LayerNorm layer 0).
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable
 from functools import partial
 
 import torch
 
 from sam3_lora.config import Config
-from sam3_lora.engine.optim import GroupRule, NamedParameters, decay_groups, parameter_groups
+from sam3_lora.engine.optim import GroupRule
 from sam3_lora.lora import apply_lora_to_model
+from sam3_lora.tasks.finetune import GroupBuilder, mode_group_builder
 from sam3_lora.tasks.promptable.spec import (
     FULL_LEARNING_RATES,
     SAM2_SPEC,
@@ -34,10 +33,6 @@ from sam3_lora.tasks.promptable.spec import (
     base_model,
     layer_of,
 )
-
-logger = logging.getLogger(__name__)
-
-GroupBuilder = Callable[[NamedParameters], list[dict]]
 
 
 def trunk_depth(model: torch.nn.Module) -> int:
@@ -89,25 +84,6 @@ def full_group_rule(network: torch.nn.Module, config: Config) -> GroupRule:
 
 
 def group_builder(network: torch.nn.Module, config: Config) -> GroupBuilder:
-    """``named parameters -> AdamW groups``: Meta's SAM2.1 groups in full mode, the trainer's
-    two LoRA groups (decay / no decay at ``training.learning_rate``) otherwise."""
-    if config.finetune.mode == "full":
-        if {"learning_rate", "weight_decay"} & config.training.model_fields_set:
-            logger.warning(
-                "finetune.mode full: training.learning_rate / training.weight_decay are not used; "
-                "set finetune.learning_rates, finetune.lr_scale and finetune.weight_decay"
-            )
-        return partial(parameter_groups, rule=full_group_rule(network, config))
-    return partial(
-        decay_groups,
-        learning_rate=config.training.learning_rate,
-        weight_decay=config.training.weight_decay,
-    )
-
-
-def describe_mode(config: Config) -> str:
-    """One line: what a run of ``config`` trains."""
-    if config.finetune.mode == "lora":
-        return f"LoRA rank {config.lora.rank}"
-    frozen = ", ".join(config.finetune.freeze) or "nothing"
-    return f"full fine-tuning (frozen: {frozen})"
+    """``named parameters -> AdamW groups``: Meta's SAM2.1 groups in full mode
+    (:func:`full_group_rule`), the trainer's two LoRA groups otherwise."""
+    return mode_group_builder(network, config, full_group_rule)

@@ -10,8 +10,9 @@ from sam3_lora.config import Config
 from sam3_lora.data.coco import CocoDataset
 from sam3_lora.errors import ConfigError
 from sam3_lora.models import LoadedModel
+from sam3_lora.tasks.finetune import describe_mode
 from sam3_lora.tasks.promptable.data import resolve_promptable_splits
-from sam3_lora.tasks.promptable.finetune import describe_mode, group_builder, prepare_network
+from sam3_lora.tasks.promptable.finetune import group_builder, prepare_network
 from sam3_lora.tasks.promptable.loss import PromptableLoss
 from sam3_lora.tasks.promptable.module import PromptableModel
 from sam3_lora.tasks.promptable.samples import PromptDataset
