@@ -32,6 +32,7 @@ from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_mod
 from torch.utils._pytree import tree_leaves
 
 from sam3_lora.config import load_config
+from sam3_lora.frozen_weights import cast_frozen_weights, frozen_weights_dtype
 from sam3_lora.memory.build import memory_model
 from sam3_lora.memory.estimate import GIB, MemorySettings
 from sam3_lora.memory.report import gib
@@ -106,6 +107,9 @@ def concept_step(loaded: LoadedModel, config: Any, images: int, prompts: int) ->
     from sam3_lora.tasks.concept.samples import ConceptBatch
 
     task = build_concept_task(config, loaded)
+    frozen_dtype = frozen_weights_dtype(config, "bf16")  # as a bf16 training run stores them
+    if frozen_dtype is not None:
+        cast_frozen_weights(task.network, frozen_dtype)
     size = int(task.model.sam3.config.vision_config.image_size)
     boxes = torch.tensor([[0.3, 0.3, 0.2, 0.2], [0.7, 0.6, 0.3, 0.2]])[:OBJECTS_PER_PROMPT]
     masks = torch.zeros(len(boxes), size, size, dtype=torch.bool)

@@ -61,6 +61,14 @@ class ModelSettings(_Section):
         "8-12 GB GPUs; heads and small layers stay in float; LoRA mode only; needs "
         '`pip install "sam3-lora[qlora]"`. The adapter loads onto the float base',
     )
+    frozen_weights_dtype: Literal["auto", "float32"] = Field(
+        "auto",
+        description="LoRA training: auto stores the frozen weights of linear / conv layers in "
+        "the compute dtype of training.mixed_precision (bf16 / fp16; fp32 on CPU), where "
+        "autocast casts them anyway: same numbers, about half the weight memory and no "
+        "per-step autocast copies; LoRA weights, norms and embeddings stay fp32. Not with "
+        "full fine-tuning, QLoRA or DoRA. float32: keep fp32 masters",
+    )
 
 
 class LoraSettings(_Section):

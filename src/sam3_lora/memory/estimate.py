@@ -11,10 +11,12 @@ real resolution: 1 image x 1 prompt, 1 x 2 and 2 x 1. They fit
 which holds because the vision features are computed once per image and every prompt runs the
 detector / decoder on them.
 
-Assumptions (stated in docs/memory.md): bf16 / fp16 = autocast over fp32 master weights (what
-Accelerate's ``mixed_precision`` does), fp32 gradients and two fp32 AdamW states per trainable
-parameter; QLoRA = NF4 frozen linear weights with double quantisation (about 0.52 byte per
-parameter) and no autocast copies of them.
+Assumptions (stated in docs/memory.md): bf16 / fp16 = autocast (what Accelerate's
+``mixed_precision`` does) over fp32 master weights, except, where the probe says training does
+so (:attr:`MemoryProbe.frozen_in_compute_dtype`, SAM3 LoRA), frozen linear / conv weights stored
+in the compute dtype (:mod:`sam3_lora.frozen_weights`); fp32 gradients and two fp32 AdamW states
+per trainable parameter; QLoRA = NF4 frozen linear weights with double quantisation (about 0.52
+byte per parameter) and no autocast copies of them.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Protocol
 
 import torch
 
+from sam3_lora.frozen_weights import frozen_autocast_parameters
 from sam3_lora.memory.probe import Count, Precision
 
 GIB = 1024**3
@@ -41,12 +44,15 @@ class MemoryProbe(Protocol):
         checkpointing_supported: whether the task applies ``training.gradient_checkpointing``.
         checkpointed_layers: how many layers checkpointing wraps (0 without it).
         resolution: the input size probed.
+        frozen_in_compute_dtype: whether training stores the frozen linear / conv weights in
+            the autocast dtype (the probe then runs with them so).
     """
 
     network: torch.nn.Module
     resolution: int
     checkpointing_supported: bool
     checkpointed_layers: int
+    frozen_in_compute_dtype: bool
 
     def run(
         self, images: int, prompts_per_image: int, precision: Precision, checkpointing: bool
@@ -147,10 +153,19 @@ def fit_activations(probe: MemoryProbe, precision: Precision, checkpointing: boo
     return ActivationFit(fixed, per_image, per_prompt, float(one.weight_copy_bytes), largest)
 
 
-def static_bytes(network: torch.nn.Module, qlora: bool = False) -> StaticBytes:
-    """Weights (fp32 masters; NF4 for frozen linear weights under QLoRA), fp32 gradients and
-    AdamW states of the trainable parameters."""
+def static_bytes(
+    network: torch.nn.Module, qlora: bool = False, frozen_dtype: torch.dtype | None = None
+) -> StaticBytes:
+    """Weights (fp32 masters; NF4 for frozen linear weights under QLoRA; ``frozen_dtype``: the
+    frozen linear / conv weights in that dtype), fp32 gradients and AdamW states of the
+    trainable parameters."""
     linear_weights = {id(m.weight) for m in network.modules() if isinstance(m, torch.nn.Linear)}
+    in_frozen_dtype = (
+        {id(p) for p in frozen_autocast_parameters(network)}
+        if frozen_dtype is not None and not qlora
+        else set()
+    )
+    frozen_size = frozen_dtype.itemsize if frozen_dtype is not None else 4
     weights = trainable = frozen_linear = 0.0
     for parameter in network.parameters():
         count = parameter.numel()
@@ -160,6 +175,8 @@ def static_bytes(network: torch.nn.Module, qlora: bool = False) -> StaticBytes:
             frozen_linear += count
         if qlora and not parameter.requires_grad and id(parameter) in linear_weights:
             weights += count * QLORA_BYTES_PER_WEIGHT
+        elif id(parameter) in in_frozen_dtype:
+            weights += count * frozen_size
         else:
             weights += count * 4
     return StaticBytes(
@@ -183,12 +200,16 @@ class MemoryModel:
         self.probe = probe
         self.target = target
         self._fits: dict[tuple[str, bool], ActivationFit] = {}
-        self._static: dict[bool, StaticBytes] = {}
+        self._static: dict[tuple[bool, str], StaticBytes] = {}
 
-    def static(self, qlora: bool) -> StaticBytes:
-        if qlora not in self._static:
-            self._static[qlora] = static_bytes(self.probe.network, qlora)
-        return self._static[qlora]
+    def static(self, qlora: bool, precision: str = "fp32") -> StaticBytes:
+        """Weights, gradients and AdamW states (frozen weights in ``precision``'s dtype where
+        training stores them so)."""
+        key = (qlora, precision)
+        if key not in self._static:
+            frozen = PRECISIONS[precision] if self.probe.frozen_in_compute_dtype else None
+            self._static[key] = static_bytes(self.probe.network, qlora, frozen)
+        return self._static[key]
 
     def fit(self, precision: str, checkpointing: bool) -> ActivationFit:
         key = (precision, checkpointing)
@@ -207,7 +228,7 @@ class MemoryModel:
         checkpointing = settings.gradient_checkpointing and self.probe.checkpointing_supported
         fit = self.fit(settings.precision, checkpointing)
         images, prompts = settings.batch_size, settings.prompts_per_image
-        static = self.static(settings.qlora)
+        static = self.static(settings.qlora, settings.precision)
         workspace = 2 * fit.largest_at(images, prompts)
         if checkpointing:
             full = self.fit(settings.precision, False)

@@ -7,7 +7,9 @@ loss needs values (the Hungarian matcher), so it runs on real zero tensors of th
 shapes, with :data:`OBJECTS_PER_PROMPT` targets per prompt; its saved tensors are counted the
 same way. The vision encoder runs once for one image (its count scales with the images); the
 rest runs on stand-in features of the batch's images. With checkpointing, the inputs of the
-checkpointed layers are counted too (the checkpoint keeps them).
+checkpointed layers are counted too (the checkpoint keeps them). Frozen linear / conv weights
+are stored as training stores them (:mod:`sam3_lora.frozen_weights`): in the probed autocast
+dtype in LoRA mode, fp32 otherwise.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
 
 from sam3_lora.config import Config
 from sam3_lora.errors import ConfigError
+from sam3_lora.frozen_weights import cast_frozen_weights, casts_frozen_weights
 from sam3_lora.memory.probe import (
     Count,
     FakeSession,
@@ -85,6 +88,7 @@ class ConceptMemoryProbe:
         from sam3_lora.tasks.concept.spec import SPEC
 
         model = at_resolution(model, resolution or config.data.resolution)
+        self.frozen_in_compute_dtype = casts_frozen_weights(config)
         config = config.model_copy(deep=True)
         config.training.gradient_checkpointing = False
         config.training.cache_vision_features = False
@@ -106,6 +110,7 @@ class ConceptMemoryProbe:
         """Count the forward + loss of ``images`` x ``prompts_per_image`` text prompts: the
         vision encoder's part is one image's times ``images`` (it runs per image)."""
         vision_count, template = self._vision(precision, checkpointing)
+        self._store_frozen_weights(precision)
         counter = SavedTensors(self.module.parameters(), precision)
         with self._checkpointing(checkpointing, counter), counter:
             with self.session.active():
@@ -124,6 +129,7 @@ class ConceptMemoryProbe:
         key = (precision, checkpointing)
         if key not in self._vision_counts:
             self.module.train()
+            self._store_frozen_weights(precision)
             counter = SavedTensors(self.module.parameters(), precision)
             size = self.resolution
             with self._checkpointing(checkpointing, counter), counter:
@@ -134,6 +140,12 @@ class ConceptMemoryProbe:
             template = (vision.fpn_hidden_states, vision.fpn_position_encoding)
             self._vision_counts[key] = (counter.count(), template)
         return self._vision_counts[key]
+
+    def _store_frozen_weights(self, precision: Precision) -> None:
+        """Frozen linear / conv weights in the dtype training stores them in at ``precision``."""
+        dtype = precision.dtype if self.frozen_in_compute_dtype else None
+        with self.session.active():
+            cast_frozen_weights(self.network, dtype or torch.float32)
 
     @contextmanager
     def _checkpointing(self, on: bool, counter: SavedTensors) -> Iterator[None]:
