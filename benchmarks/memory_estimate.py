@@ -334,7 +334,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def compare_sam3_size(resolution: int, device: torch.device) -> list[Row]:
     """The released SAM3 architecture with random weights at ``resolution``, batch 1, 2 prompts."""
-    from train_step import random_sam3
+    from step_models import random_sam3
 
     from sam3_lora.tasks.concept.spec import SPEC
     from sam3_lora.tasks.concept.tiny import build_tiny_processor

@@ -184,7 +184,8 @@ class TrainingSettings(_Section):
     )
     gradient_checkpointing: bool = Field(
         False,
-        description="recompute the activations of the ViT and DETR layers in the backward pass: "
+        description="recompute the activations of the ViT and DETR layers (SAM3: and of the "
+        "mask decoder's pixel decoder) in the backward pass: "
         "less memory, about a third more compute (LoRA and full mode)",
     )
     cache_vision_features: bool = Field(

@@ -93,20 +93,25 @@ class StaticBytes:
 
 @dataclass(frozen=True)
 class ActivationFit:
-    """``fixed + per_image * I + per_prompt * I * P`` (bytes), weight copies and the largest
-    tensor fitted the same way."""
+    """``fixed + per_image * I + per_prompt * I * P`` (bytes), weight copies; the largest
+    tensor and the largest checkpointable layer's saved bytes fitted the same way."""
 
     fixed: float
     per_image: float
     per_prompt: float
     weight_copies: float
     largest: tuple[float, float, float]
+    largest_layer: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
     def at(self, images: int, prompts_per_image: int) -> float:
         return self.fixed + self.per_image * images + self.per_prompt * images * prompts_per_image
 
     def largest_at(self, images: int, prompts_per_image: int) -> float:
         fixed, per_image, per_prompt = self.largest
+        return fixed + per_image * images + per_prompt * images * prompts_per_image
+
+    def largest_layer_at(self, images: int, prompts_per_image: int) -> float:
+        fixed, per_image, per_prompt = self.largest_layer
         return fixed + per_image * images + per_prompt * images * prompts_per_image
 
 
@@ -150,7 +155,8 @@ def fit_activations(probe: MemoryProbe, precision: Precision, checkpointing: boo
     values = [(s.bytes - s.weight_copy_bytes) for s in (one, two_prompts, two_images)]
     fixed, per_image, per_prompt = solve(*values)
     largest = solve(one.largest, two_prompts.largest, two_images.largest)
-    return ActivationFit(fixed, per_image, per_prompt, float(one.weight_copy_bytes), largest)
+    layer = solve(one.largest_layer, two_prompts.largest_layer, two_images.largest_layer)
+    return ActivationFit(fixed, per_image, per_prompt, float(one.weight_copy_bytes), largest, layer)
 
 
 def static_bytes(
@@ -223,7 +229,8 @@ class MemoryModel:
 
         Workspace: during the backward pass, activation gradients as large as the largest
         saved tensor exist beside it (twice its size); with checkpointing, one checkpointed
-        layer's recomputed activations too.
+        layer's recomputed activations too: the largest layer's, where the probe measures
+        them (:attr:`Count.largest_layer`), else the average layer's.
         """
         checkpointing = settings.gradient_checkpointing and self.probe.checkpointing_supported
         fit = self.fit(settings.precision, checkpointing)
@@ -233,7 +240,8 @@ class MemoryModel:
         if checkpointing:
             full = self.fit(settings.precision, False)
             layers = max(self.probe.checkpointed_layers, 1)
-            workspace += max(full.at(images, prompts) - fit.at(images, prompts), 0) / layers
+            average = max(full.at(images, prompts) - fit.at(images, prompts), 0) / layers
+            workspace += max(full.largest_layer_at(images, prompts), average)
         return MemoryEstimate(
             settings=replace(settings, gradient_checkpointing=checkpointing),
             weights=static.weights,

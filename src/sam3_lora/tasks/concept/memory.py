@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 import torch
 from torch import Tensor
+from torch.utils._pytree import tree_leaves
 from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
 
 from sam3_lora.config import Config
@@ -150,9 +151,14 @@ class ConceptMemoryProbe:
     @contextmanager
     def _checkpointing(self, on: bool, counter: SavedTensors) -> Iterator[None]:
         """Activation checkpointing on the network while inside; the checkpointed layers'
-        inputs counted (the checkpoint keeps them)."""
+        inputs counted (the checkpoint keeps them). Off: what each checkpointable layer saves
+        is measured (:attr:`Count.largest_layer`)."""
         if not on:
-            yield
+            with ExitStack() as stack:
+                for layer in self.network.modules():
+                    if isinstance(layer, CHECKPOINTED_LAYERS):
+                        stack.enter_context(_measure_layer(layer, counter))
+                yield
             return
         enable_activation_checkpointing(self.network)
         handles = [
@@ -213,7 +219,28 @@ def _tensors(outputs: ConceptOutputs) -> list[Tensor]:
 
 def _keep_inputs(counter: SavedTensors):
     def hook(_module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-        tensors = [*args, *kwargs.values()]
+        tensors = tree_leaves([args, kwargs])  # the pixel decoder takes a list of maps
         counter.keep(*(t for t in tensors if isinstance(t, Tensor) and t.requires_grad))
 
     return hook
+
+
+@contextmanager
+def _measure_layer(layer: torch.nn.Module, counter: SavedTensors) -> Iterator[None]:
+    """While inside, each forward of ``layer`` runs in :meth:`SavedTensors.layer`."""
+    active: list[ExitStack] = []
+
+    def enter(*_args: object) -> None:
+        stack = ExitStack()
+        stack.enter_context(counter.layer())
+        active.append(stack)
+
+    def leave(*_args: object) -> None:
+        active.pop().close()
+
+    handles = [layer.register_forward_pre_hook(enter), layer.register_forward_hook(leave)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
