@@ -55,6 +55,11 @@ def test_the_compute_dtype_only_for_lora_in_mixed_precision(
     assert frozen_weights_dtype(_config(**settings), precision) is expected
 
 
+def test_fsdp_keeps_float32(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    assert frozen_weights_dtype(Config(), "bf16") is None
+
+
 def test_auto_mixed_precision_on_the_cpu_keeps_float32() -> None:
     if torch.cuda.is_available():
         pytest.skip("auto is bf16 on a GPU")

@@ -67,7 +67,7 @@ class ModelSettings(_Section):
         "the compute dtype of training.mixed_precision (bf16 / fp16; fp32 on CPU), where "
         "autocast casts them anyway: same numbers, about half the weight memory and no "
         "per-step autocast copies; LoRA weights, norms and embeddings stay fp32. Not with "
-        "full fine-tuning, QLoRA or DoRA. float32: keep fp32 masters",
+        "full fine-tuning, QLoRA, DoRA or FSDP. float32: keep fp32 masters",
     )
 
 

@@ -8,12 +8,15 @@ same kernels: the forward, the loss and the LoRA gradients are unchanged, bit fo
 weights (trainable) stay fp32; norms, embeddings and every other parameter autocast does not
 cast stay fp32 too (their ops run in fp32 or in the dtype of their weight).
 
-Not used for full fine-tuning (the weights are trained), QLoRA (NF4 storage of its own) or DoRA
-(its weight norm reads the base weight outside a matmul); ``model.frozen_weights_dtype:
-float32`` turns it off.
+Not used for full fine-tuning (the weights are trained), QLoRA (NF4 storage of its own), DoRA
+(its weight norm reads the base weight outside a matmul) or under FSDP (``accelerate launch``
+with an FSDP config: its parameter groups expect one dtype); ``model.frozen_weights_dtype:
+float32`` turns it off. The cast model runs under autocast only (as the trainer runs it).
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 
@@ -48,10 +51,16 @@ def frozen_weights_dtype(config: Config, mixed_precision: str | None = None) -> 
     """The dtype a training run of ``config`` stores its frozen weights in; None: as loaded
     (fp32). ``mixed_precision``: ``bf16`` / ``fp16`` / ``no`` (default: the trainer's
     resolution of ``training.mixed_precision``, ``auto`` = bf16 on a GPU, fp32 on CPU)."""
-    if not casts_frozen_weights(config):
+    if not casts_frozen_weights(config) or under_fsdp():
         return None
     precision = mixed_precision or resolve_mixed_precision(config.training.mixed_precision)
     return COMPUTE_DTYPES.get(precision)
+
+
+def under_fsdp() -> bool:
+    """Whether this process was launched with an FSDP config (``accelerate launch`` says so in
+    ``ACCELERATE_USE_FSDP``)."""
+    return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true")
 
 
 def frozen_autocast_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
