@@ -42,10 +42,13 @@ MIB = 1024**2
 
 
 class LiveBytes(TorchDispatchMode):
-    """The peak of the bytes of live tensors created inside (each storage once)."""
+    """The peak of the bytes of live tensors created inside (each storage once), not counting
+    the storages in ``exclude`` (the weights, counted apart: a view of a weight, such as the
+    transpose a bf16 weight's matmul makes, is no new memory)."""
 
-    def __init__(self) -> None:
+    def __init__(self, exclude: set[int] | None = None) -> None:
         super().__init__()
+        self.exclude = exclude or set()
         self.live = self.peak = 0
         self.storages: dict[int, list[int]] = {}  # data_ptr -> [bytes, python tensors]
 
@@ -59,7 +62,7 @@ class LiveBytes(TorchDispatchMode):
     def _track(self, tensor: torch.Tensor) -> None:
         storage = tensor.untyped_storage()
         key = storage.data_ptr()
-        if key == 0:
+        if key == 0 or key in self.exclude:
             return
         entry = self.storages.get(key)
         if entry is None:
@@ -191,7 +194,7 @@ def measure(task: Any, forward_loss: Callable, device: torch.device) -> tuple[fl
             for t in state.values()
             if isinstance(t, torch.Tensor)
         )
-        live = LiveBytes()
+        live = LiveBytes(exclude=weights)
         if cuda:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
