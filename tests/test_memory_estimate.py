@@ -244,3 +244,17 @@ def test_an_unknown_model_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelLoadError, match="cannot estimate `someone/no-such-sam3`.*sam3-size"):
         architecture("someone/no-such-sam3", get_spec("sam3"))
+
+
+def test_bf16_frozen_weights_are_counted_as_training_stores_them() -> None:
+    bf16 = MemorySettings(1, 2, "bf16")
+    stored, _ = memory_model(load_config("balanced", {"model.name_or_path": "tiny"}))
+    masters, _ = memory_model(
+        load_config(
+            "balanced", {"model.name_or_path": "tiny", "model.frozen_weights_dtype": "float32"}
+        )
+    )
+    cast, fp32 = stored.estimate(bf16), masters.estimate(bf16)
+    assert cast.weights < 0.7 * fp32.weights
+    assert cast.weight_copies < 0.2 * fp32.weight_copies
+    assert stored.estimate(MemorySettings(1, 2, "fp32")).weights == fp32.weights
