@@ -32,6 +32,7 @@ from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_mod
 from torch.utils._pytree import tree_leaves
 
 from sam3_lora.config import load_config
+from sam3_lora.frozen_weights import cast_frozen_weights, frozen_weights_dtype
 from sam3_lora.memory.build import memory_model
 from sam3_lora.memory.estimate import GIB, MemorySettings
 from sam3_lora.memory.report import gib
@@ -41,10 +42,13 @@ MIB = 1024**2
 
 
 class LiveBytes(TorchDispatchMode):
-    """The peak of the bytes of live tensors created inside (each storage once)."""
+    """The peak of the bytes of live tensors created inside (each storage once), not counting
+    the storages in ``exclude`` (the weights, counted apart: a view of a weight, such as the
+    transpose a bf16 weight's matmul makes, is no new memory)."""
 
-    def __init__(self) -> None:
+    def __init__(self, exclude: set[int] | None = None) -> None:
         super().__init__()
+        self.exclude = exclude or set()
         self.live = self.peak = 0
         self.storages: dict[int, list[int]] = {}  # data_ptr -> [bytes, python tensors]
 
@@ -58,7 +62,7 @@ class LiveBytes(TorchDispatchMode):
     def _track(self, tensor: torch.Tensor) -> None:
         storage = tensor.untyped_storage()
         key = storage.data_ptr()
-        if key == 0:
+        if key == 0 or key in self.exclude:
             return
         entry = self.storages.get(key)
         if entry is None:
@@ -106,6 +110,9 @@ def concept_step(loaded: LoadedModel, config: Any, images: int, prompts: int) ->
     from sam3_lora.tasks.concept.samples import ConceptBatch
 
     task = build_concept_task(config, loaded)
+    frozen_dtype = frozen_weights_dtype(config, "bf16")  # as a bf16 training run stores them
+    if frozen_dtype is not None:
+        cast_frozen_weights(task.network, frozen_dtype)
     size = int(task.model.sam3.config.vision_config.image_size)
     boxes = torch.tensor([[0.3, 0.3, 0.2, 0.2], [0.7, 0.6, 0.3, 0.2]])[:OBJECTS_PER_PROMPT]
     masks = torch.zeros(len(boxes), size, size, dtype=torch.bool)
@@ -187,7 +194,7 @@ def measure(task: Any, forward_loss: Callable, device: torch.device) -> tuple[fl
             for t in state.values()
             if isinstance(t, torch.Tensor)
         )
-        live = LiveBytes()
+        live = LiveBytes(exclude=weights)
         if cuda:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
@@ -330,7 +337,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def compare_sam3_size(resolution: int, device: torch.device) -> list[Row]:
     """The released SAM3 architecture with random weights at ``resolution``, batch 1, 2 prompts."""
-    from train_step import random_sam3
+    from step_models import random_sam3
 
     from sam3_lora.tasks.concept.spec import SPEC
     from sam3_lora.tasks.concept.tiny import build_tiny_processor

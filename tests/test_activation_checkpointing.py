@@ -43,6 +43,7 @@ def _loss_and_gradients(
         ("vit", sam3.vision_encoder.backbone.layers[0].attention),
         ("encoder", sam3.detr_encoder.layers[0].self_attn),
         ("decoder", sam3.detr_decoder.layers[0].self_attn),
+        ("pixels", sam3.mask_decoder.pixel_decoder.conv_layers[0]),
     ):
         layer.register_forward_hook(lambda *_args, name=name: calls.append(name))
     task.model.train()
@@ -61,8 +62,8 @@ def test_checkpointing_gives_identical_loss_and_gradients(
     checked_loss, checked_gradients, checked_calls = _loss_and_gradients(
         shapes_dir, tmp_path, mode, True
     )
-    assert sorted(calls) == ["decoder", "encoder", "vit"]
-    assert sorted(checked_calls) == ["decoder", "decoder", "encoder", "encoder", "vit", "vit"]
+    assert sorted(calls) == ["decoder", "encoder", "pixels", "vit"]
+    assert sorted(checked_calls) == sorted(2 * ["decoder", "encoder", "pixels", "vit"])
     assert checked_loss == loss
     assert gradients.keys() == checked_gradients.keys() and len(gradients) > 40
     for name, gradient in gradients.items():
@@ -73,10 +74,12 @@ def test_checkpointed_layers_keep_names_and_weights() -> None:
     model = load_sam3("tiny-random").model
     keys = list(model.state_dict())
     layer_types = {type(layer).__name__ for layer in model.detr_decoder.layers}
-    assert enable_activation_checkpointing(model) == 4 + 2 + 2  # ViT, DETR encoder, decoder
+    # ViT, DETR encoder, decoder, pixel decoder
+    assert enable_activation_checkpointing(model) == 4 + 2 + 2 + 1
     assert list(model.state_dict()) == keys
     assert {type(layer).__name__ for layer in model.detr_decoder.layers} == layer_types
     assert model.detr_encoder.layers[0].gradient_checkpointing
+    assert model.mask_decoder.pixel_decoder.gradient_checkpointing
     disable_activation_checkpointing(model)
     assert not model.vision_encoder.backbone.layers[0].gradient_checkpointing
     with pytest.raises(ValueError, match="no Sam3ViTLayer"):

@@ -42,6 +42,12 @@ def test_static_bytes_of_lora_and_full_models_are_known_answers() -> None:
     assert quantized.weights == int(
         4 * (base + adapters - frozen_linear) + QLORA_BYTES_PER_WEIGHT * frozen_linear
     )
+    in_bf16 = static_bytes(lora, frozen_dtype=torch.bfloat16)
+    frozen_linear_with_bias = frozen_linear + 20 + 5
+    assert in_bf16.weights == 4 * (base + adapters - frozen_linear_with_bias) + 2 * (
+        frozen_linear_with_bias
+    )
+    assert static_bytes(lora, qlora=True, frozen_dtype=torch.bfloat16) == quantized
 
 
 class _Measured:
@@ -75,6 +81,7 @@ def _predicted(config: object, images: int, prompts: int) -> float:
 
 
 def test_sam3_tiny_activations_match_a_real_training_step() -> None:
+    from sam3_lora.frozen_weights import cast_frozen_weights, frozen_weights_dtype
     from sam3_lora.tasks.concept.loss import PromptTarget
     from sam3_lora.tasks.concept.memory import OBJECTS_PER_PROMPT
     from sam3_lora.tasks.concept.recipe import build_concept_task
@@ -83,6 +90,7 @@ def test_sam3_tiny_activations_match_a_real_training_step() -> None:
     config = load_config("balanced", {"model.name_or_path": "tiny"})
     loaded = load_model("tiny", "sam3")
     task = build_concept_task(config, loaded)
+    cast_frozen_weights(task.network, frozen_weights_dtype(config, "bf16"))  # as bf16 training
     task.model.train()
     images, prompts, size = 2, 3, int(loaded.model.config.vision_config.image_size)
     boxes = torch.tensor([[0.3, 0.3, 0.2, 0.2], [0.7, 0.6, 0.3, 0.2]])[:OBJECTS_PER_PROMPT]
@@ -109,8 +117,8 @@ def test_sam3_tiny_activations_match_a_real_training_step() -> None:
     measured = _Measured(task.model.parameters()).run(step)
     predicted = _predicted(config, images, prompts)
     assert predicted == pytest.approx(measured, rel=0.15), (predicted, measured)
-    with torch.no_grad():  # the probe's fake tensors stay out of later real runs
-        assert type(task.model(batch).masks) is torch.Tensor
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 weights
+        assert type(task.model(batch).masks) is torch.Tensor  # no fake tensor leaks into it
 
 
 def test_sam2_tiny_activations_match_a_real_training_step() -> None:
@@ -170,7 +178,7 @@ def test_lora_info_memory_on_the_released_sam3_without_weights(
     assert "facebook/sam3 (sam3-size)" in out and "336 px" in out
     assert "fits in 80.00 GiB" in out and "does not fit" not in out
     weights = next(line for line in out.splitlines() if line.startswith("│ weights"))
-    assert "3.1" in weights  # 840 M fp32 parameters: 3.13 GiB
+    assert "1.7" in weights  # 840 M parameters, the frozen linear / conv ones in bf16: 1.70 GiB
 
 
 def test_suggestions_fit_and_come_smallest_change_first() -> None:
@@ -236,3 +244,17 @@ def test_an_unknown_model_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelLoadError, match="cannot estimate `someone/no-such-sam3`.*sam3-size"):
         architecture("someone/no-such-sam3", get_spec("sam3"))
+
+
+def test_bf16_frozen_weights_are_counted_as_training_stores_them() -> None:
+    bf16 = MemorySettings(1, 2, "bf16")
+    stored, _ = memory_model(load_config("balanced", {"model.name_or_path": "tiny"}))
+    masters, _ = memory_model(
+        load_config(
+            "balanced", {"model.name_or_path": "tiny", "model.frozen_weights_dtype": "float32"}
+        )
+    )
+    cast, fp32 = stored.estimate(bf16), masters.estimate(bf16)
+    assert cast.weights < 0.7 * fp32.weights
+    assert cast.weight_copies < 0.2 * fp32.weight_copies
+    assert stored.estimate(MemorySettings(1, 2, "fp32")).weights == fp32.weights

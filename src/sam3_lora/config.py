@@ -61,6 +61,14 @@ class ModelSettings(_Section):
         "8-12 GB GPUs; heads and small layers stay in float; LoRA mode only; needs "
         '`pip install "sam3-lora[qlora]"`. The adapter loads onto the float base',
     )
+    frozen_weights_dtype: Literal["auto", "float32"] = Field(
+        "auto",
+        description="LoRA training: auto stores the frozen weights of linear / conv layers in "
+        "the compute dtype of training.mixed_precision (bf16 / fp16; fp32 on CPU), where "
+        "autocast casts them anyway: same numbers, about half the weight memory and no "
+        "per-step autocast copies; LoRA weights, norms and embeddings stay fp32. Not with "
+        "full fine-tuning, QLoRA, DoRA or FSDP. float32: keep fp32 masters",
+    )
 
 
 class LoraSettings(_Section):
@@ -176,7 +184,8 @@ class TrainingSettings(_Section):
     )
     gradient_checkpointing: bool = Field(
         False,
-        description="recompute the activations of the ViT and DETR layers in the backward pass: "
+        description="recompute the activations of the ViT and DETR layers (SAM3: and of the "
+        "mask decoder's pixel decoder) in the backward pass: "
         "less memory, about a third more compute (LoRA and full mode)",
     )
     cache_vision_features: bool = Field(

@@ -11,10 +11,12 @@ real resolution: 1 image x 1 prompt, 1 x 2 and 2 x 1. They fit
 which holds because the vision features are computed once per image and every prompt runs the
 detector / decoder on them.
 
-Assumptions (stated in docs/memory.md): bf16 / fp16 = autocast over fp32 master weights (what
-Accelerate's ``mixed_precision`` does), fp32 gradients and two fp32 AdamW states per trainable
-parameter; QLoRA = NF4 frozen linear weights with double quantisation (about 0.52 byte per
-parameter) and no autocast copies of them.
+Assumptions (stated in docs/memory.md): bf16 / fp16 = autocast (what Accelerate's
+``mixed_precision`` does) over fp32 master weights, except, where the probe says training does
+so (:attr:`MemoryProbe.frozen_in_compute_dtype`, SAM3 LoRA), frozen linear / conv weights stored
+in the compute dtype (:mod:`sam3_lora.frozen_weights`); fp32 gradients and two fp32 AdamW states
+per trainable parameter; QLoRA = NF4 frozen linear weights with double quantisation (about 0.52
+byte per parameter) and no autocast copies of them.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Protocol
 
 import torch
 
+from sam3_lora.frozen_weights import frozen_autocast_parameters
 from sam3_lora.memory.probe import Count, Precision
 
 GIB = 1024**3
@@ -41,12 +44,15 @@ class MemoryProbe(Protocol):
         checkpointing_supported: whether the task applies ``training.gradient_checkpointing``.
         checkpointed_layers: how many layers checkpointing wraps (0 without it).
         resolution: the input size probed.
+        frozen_in_compute_dtype: whether training stores the frozen linear / conv weights in
+            the autocast dtype (the probe then runs with them so).
     """
 
     network: torch.nn.Module
     resolution: int
     checkpointing_supported: bool
     checkpointed_layers: int
+    frozen_in_compute_dtype: bool
 
     def run(
         self, images: int, prompts_per_image: int, precision: Precision, checkpointing: bool
@@ -87,20 +93,25 @@ class StaticBytes:
 
 @dataclass(frozen=True)
 class ActivationFit:
-    """``fixed + per_image * I + per_prompt * I * P`` (bytes), weight copies and the largest
-    tensor fitted the same way."""
+    """``fixed + per_image * I + per_prompt * I * P`` (bytes), weight copies; the largest
+    tensor and the largest checkpointable layer's saved bytes fitted the same way."""
 
     fixed: float
     per_image: float
     per_prompt: float
     weight_copies: float
     largest: tuple[float, float, float]
+    largest_layer: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
     def at(self, images: int, prompts_per_image: int) -> float:
         return self.fixed + self.per_image * images + self.per_prompt * images * prompts_per_image
 
     def largest_at(self, images: int, prompts_per_image: int) -> float:
         fixed, per_image, per_prompt = self.largest
+        return fixed + per_image * images + per_prompt * images * prompts_per_image
+
+    def largest_layer_at(self, images: int, prompts_per_image: int) -> float:
+        fixed, per_image, per_prompt = self.largest_layer
         return fixed + per_image * images + per_prompt * images * prompts_per_image
 
 
@@ -144,13 +155,23 @@ def fit_activations(probe: MemoryProbe, precision: Precision, checkpointing: boo
     values = [(s.bytes - s.weight_copy_bytes) for s in (one, two_prompts, two_images)]
     fixed, per_image, per_prompt = solve(*values)
     largest = solve(one.largest, two_prompts.largest, two_images.largest)
-    return ActivationFit(fixed, per_image, per_prompt, float(one.weight_copy_bytes), largest)
+    layer = solve(one.largest_layer, two_prompts.largest_layer, two_images.largest_layer)
+    return ActivationFit(fixed, per_image, per_prompt, float(one.weight_copy_bytes), largest, layer)
 
 
-def static_bytes(network: torch.nn.Module, qlora: bool = False) -> StaticBytes:
-    """Weights (fp32 masters; NF4 for frozen linear weights under QLoRA), fp32 gradients and
-    AdamW states of the trainable parameters."""
+def static_bytes(
+    network: torch.nn.Module, qlora: bool = False, frozen_dtype: torch.dtype | None = None
+) -> StaticBytes:
+    """Weights (fp32 masters; NF4 for frozen linear weights under QLoRA; ``frozen_dtype``: the
+    frozen linear / conv weights in that dtype), fp32 gradients and AdamW states of the
+    trainable parameters."""
     linear_weights = {id(m.weight) for m in network.modules() if isinstance(m, torch.nn.Linear)}
+    in_frozen_dtype = (
+        {id(p) for p in frozen_autocast_parameters(network)}
+        if frozen_dtype is not None and not qlora
+        else set()
+    )
+    frozen_size = frozen_dtype.itemsize if frozen_dtype is not None else 4
     weights = trainable = frozen_linear = 0.0
     for parameter in network.parameters():
         count = parameter.numel()
@@ -160,6 +181,8 @@ def static_bytes(network: torch.nn.Module, qlora: bool = False) -> StaticBytes:
             frozen_linear += count
         if qlora and not parameter.requires_grad and id(parameter) in linear_weights:
             weights += count * QLORA_BYTES_PER_WEIGHT
+        elif id(parameter) in in_frozen_dtype:
+            weights += count * frozen_size
         else:
             weights += count * 4
     return StaticBytes(
@@ -183,12 +206,16 @@ class MemoryModel:
         self.probe = probe
         self.target = target
         self._fits: dict[tuple[str, bool], ActivationFit] = {}
-        self._static: dict[bool, StaticBytes] = {}
+        self._static: dict[tuple[bool, str], StaticBytes] = {}
 
-    def static(self, qlora: bool) -> StaticBytes:
-        if qlora not in self._static:
-            self._static[qlora] = static_bytes(self.probe.network, qlora)
-        return self._static[qlora]
+    def static(self, qlora: bool, precision: str = "fp32") -> StaticBytes:
+        """Weights, gradients and AdamW states (frozen weights in ``precision``'s dtype where
+        training stores them so)."""
+        key = (qlora, precision)
+        if key not in self._static:
+            frozen = PRECISIONS[precision] if self.probe.frozen_in_compute_dtype else None
+            self._static[key] = static_bytes(self.probe.network, qlora, frozen)
+        return self._static[key]
 
     def fit(self, precision: str, checkpointing: bool) -> ActivationFit:
         key = (precision, checkpointing)
@@ -202,17 +229,19 @@ class MemoryModel:
 
         Workspace: during the backward pass, activation gradients as large as the largest
         saved tensor exist beside it (twice its size); with checkpointing, one checkpointed
-        layer's recomputed activations too.
+        layer's recomputed activations too: the largest layer's, where the probe measures
+        them (:attr:`Count.largest_layer`), else the average layer's.
         """
         checkpointing = settings.gradient_checkpointing and self.probe.checkpointing_supported
         fit = self.fit(settings.precision, checkpointing)
         images, prompts = settings.batch_size, settings.prompts_per_image
-        static = self.static(settings.qlora)
+        static = self.static(settings.qlora, settings.precision)
         workspace = 2 * fit.largest_at(images, prompts)
         if checkpointing:
             full = self.fit(settings.precision, False)
             layers = max(self.probe.checkpointed_layers, 1)
-            workspace += max(full.at(images, prompts) - fit.at(images, prompts), 0) / layers
+            average = max(full.at(images, prompts) - fit.at(images, prompts), 0) / layers
+            workspace += max(full.largest_layer_at(images, prompts), average)
         return MemoryEstimate(
             settings=replace(settings, gradient_checkpointing=checkpointing),
             weights=static.weights,

@@ -199,24 +199,30 @@ class _WeightCopies(TorchDispatchMode):
 @dataclass(frozen=True)
 class Count:
     """Bytes a step keeps: all (weight copies included), autocast weight copies, the largest
-    single tensor."""
+    single tensor and the most that one checkpointable layer saves (what its recomputation
+    brings back in the backward pass under checkpointing; counted without checkpointing)."""
 
     bytes: int
     weight_copy_bytes: int
     largest: int
+    largest_layer: int = 0
 
     def __add__(self, other: Count) -> Count:
         return Count(
             self.bytes + other.bytes,
             self.weight_copy_bytes + other.weight_copy_bytes,
             max(self.largest, other.largest),
+            max(self.largest_layer, other.largest_layer),
         )
 
     def per_images(self, images: int) -> Count:
         """This count of one image, for ``images`` images (the weight copies once)."""
         activations = (self.bytes - self.weight_copy_bytes) * images
         return Count(
-            activations + self.weight_copy_bytes, self.weight_copy_bytes, self.largest * images
+            activations + self.weight_copy_bytes,
+            self.weight_copy_bytes,
+            self.largest * images,
+            self.largest_layer * images,
         )
 
 
@@ -235,6 +241,7 @@ class SavedTensors:
         self.storages: dict[int, Any] = {}  # key -> storage (held: keys stay unique)
         self._copies = _WeightCopies(self.parameter_keys)
         self._stack = ExitStack()
+        self.largest_layer = 0
 
     def __enter__(self) -> SavedTensors:
         if self.precision.target == "cuda":
@@ -277,8 +284,16 @@ class SavedTensors:
         """The largest single storage (activation gradients of its size appear in backward)."""
         return max((s.nbytes() for s in self.storages.values()), default=0)
 
+    @contextmanager
+    def layer(self) -> Iterator[None]:
+        """Inside: one checkpointable layer's forward; what it saves updates
+        :attr:`largest_layer`."""
+        before = self.bytes
+        yield
+        self.largest_layer = max(self.largest_layer, self.bytes - before)
+
     def count(self) -> Count:
-        return Count(self.bytes, self.weight_copy_bytes, self.largest)
+        return Count(self.bytes, self.weight_copy_bytes, self.largest, self.largest_layer)
 
 
 def _unpack(tensor: Tensor) -> Tensor:

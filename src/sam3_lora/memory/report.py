@@ -124,7 +124,7 @@ def memory_table(estimates: list[MemoryEstimate], title: str) -> Table:
         on = estimate.settings.gradient_checkpointing
         table.add_column(f"checkpointing {'on' if on else 'off'}", justify="right")
     rows = [
-        ("weights (fp32 masters; QLoRA: NF4)", "weights"),
+        ("weights (fp32 / frozen bf16, NF4)", "weights"),
         ("gradients (fp32)", "gradients"),
         ("AdamW states (2 x fp32)", "optimizer"),
         ("autocast weight copies", "weight_copies"),

@@ -7,21 +7,25 @@ loss needs values (the Hungarian matcher), so it runs on real zero tensors of th
 shapes, with :data:`OBJECTS_PER_PROMPT` targets per prompt; its saved tensors are counted the
 same way. The vision encoder runs once for one image (its count scales with the images); the
 rest runs on stand-in features of the batch's images. With checkpointing, the inputs of the
-checkpointed layers are counted too (the checkpoint keeps them).
+checkpointed layers are counted too (the checkpoint keeps them). Frozen linear / conv weights
+are stored as training stores them (:mod:`sam3_lora.frozen_weights`): in the probed autocast
+dtype in LoRA mode, fp32 otherwise.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 import torch
 from torch import Tensor
+from torch.utils._pytree import tree_leaves
 from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
 
 from sam3_lora.config import Config
 from sam3_lora.errors import ConfigError
+from sam3_lora.frozen_weights import cast_frozen_weights, casts_frozen_weights
 from sam3_lora.memory.probe import (
     Count,
     FakeSession,
@@ -85,6 +89,7 @@ class ConceptMemoryProbe:
         from sam3_lora.tasks.concept.spec import SPEC
 
         model = at_resolution(model, resolution or config.data.resolution)
+        self.frozen_in_compute_dtype = casts_frozen_weights(config)
         config = config.model_copy(deep=True)
         config.training.gradient_checkpointing = False
         config.training.cache_vision_features = False
@@ -106,6 +111,7 @@ class ConceptMemoryProbe:
         """Count the forward + loss of ``images`` x ``prompts_per_image`` text prompts: the
         vision encoder's part is one image's times ``images`` (it runs per image)."""
         vision_count, template = self._vision(precision, checkpointing)
+        self._store_frozen_weights(precision)
         counter = SavedTensors(self.module.parameters(), precision)
         with self._checkpointing(checkpointing, counter), counter:
             with self.session.active():
@@ -124,6 +130,7 @@ class ConceptMemoryProbe:
         key = (precision, checkpointing)
         if key not in self._vision_counts:
             self.module.train()
+            self._store_frozen_weights(precision)
             counter = SavedTensors(self.module.parameters(), precision)
             size = self.resolution
             with self._checkpointing(checkpointing, counter), counter:
@@ -135,12 +142,23 @@ class ConceptMemoryProbe:
             self._vision_counts[key] = (counter.count(), template)
         return self._vision_counts[key]
 
+    def _store_frozen_weights(self, precision: Precision) -> None:
+        """Frozen linear / conv weights in the dtype training stores them in at ``precision``."""
+        dtype = precision.dtype if self.frozen_in_compute_dtype else None
+        with self.session.active():
+            cast_frozen_weights(self.network, dtype or torch.float32)
+
     @contextmanager
     def _checkpointing(self, on: bool, counter: SavedTensors) -> Iterator[None]:
         """Activation checkpointing on the network while inside; the checkpointed layers'
-        inputs counted (the checkpoint keeps them)."""
+        inputs counted (the checkpoint keeps them). Off: what each checkpointable layer saves
+        is measured (:attr:`Count.largest_layer`)."""
         if not on:
-            yield
+            with ExitStack() as stack:
+                for layer in self.network.modules():
+                    if isinstance(layer, CHECKPOINTED_LAYERS):
+                        stack.enter_context(_measure_layer(layer, counter))
+                yield
             return
         enable_activation_checkpointing(self.network)
         handles = [
@@ -201,7 +219,28 @@ def _tensors(outputs: ConceptOutputs) -> list[Tensor]:
 
 def _keep_inputs(counter: SavedTensors):
     def hook(_module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-        tensors = [*args, *kwargs.values()]
+        tensors = tree_leaves([args, kwargs])  # the pixel decoder takes a list of maps
         counter.keep(*(t for t in tensors if isinstance(t, Tensor) and t.requires_grad))
 
     return hook
+
+
+@contextmanager
+def _measure_layer(layer: torch.nn.Module, counter: SavedTensors) -> Iterator[None]:
+    """While inside, each forward of ``layer`` runs in :meth:`SavedTensors.layer`."""
+    active: list[ExitStack] = []
+
+    def enter(*_args: object) -> None:
+        stack = ExitStack()
+        stack.enter_context(counter.layer())
+        active.append(stack)
+
+    def leave(*_args: object) -> None:
+        active.pop().close()
+
+    handles = [layer.register_forward_pre_hook(enter), layer.register_forward_hook(leave)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()

@@ -40,6 +40,7 @@ class PromptableMemoryProbe:
 
     checkpointing_supported = False
     checkpointed_layers = 0
+    frozen_in_compute_dtype = False  # the promptable recipe keeps fp32 masters
 
     def __init__(self, config: Config, model: torch.nn.Module, resolution: int | None) -> None:
         from sam3_lora.tasks.promptable.recipe import build_promptable_task
