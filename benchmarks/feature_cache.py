@@ -6,6 +6,10 @@ collate, forward, loss, backward and AdamW, batch 2. The cached run's first epoc
 the epochs after it are timed against the uncached ones, interleaved epoch by epoch.
 
     python benchmarks/feature_cache.py --images 16 --epochs 3
+    python benchmarks/feature_cache.py --model sam3-size --resolution 336 --images 4 --epochs 3
+
+``--model sam3-size`` is the released architecture with random weights (the same cost), at
+``--resolution`` (a multiple of 336), built by ``step_models.load_base`` as in ``train_step.py``.
 """
 
 from __future__ import annotations
@@ -17,15 +21,16 @@ import time
 from pathlib import Path
 
 import torch
+from step_models import load_base
 
 from sam3_lora.config import load_config
 from sam3_lora.data.synthetic import generate_shapes_dataset
-from sam3_lora.models import load_sam3
 from sam3_lora.tasks.concept.recipe import build_concept_recipe
 from sam3_lora.tasks.spec import TaskRecipe
 
 
-def build(data: Path, cache: bool, model: str) -> TaskRecipe:
+def build(data: Path, cache: bool, model: str, resolution: int | None) -> TaskRecipe:
+    loaded, _ = load_base(model, resolution, "none")
     overrides = {
         "model.name_or_path": model,
         "data.train": str(data / "train"),
@@ -37,7 +42,7 @@ def build(data: Path, cache: bool, model: str) -> TaskRecipe:
         "training.cache_vision_features": cache,
     }
     torch.manual_seed(0)
-    return build_concept_recipe(load_config("balanced", overrides), load_sam3(model))
+    return build_concept_recipe(load_config("balanced", overrides), loaded)
 
 
 def epoch(recipe: TaskRecipe, optimizer: torch.optim.Optimizer, batch_size: int) -> float:
@@ -61,6 +66,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch_size", type=int, default=2)
+    parser.add_argument("--resolution", type=int, default=None, help="sam3-size: input side")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as root:
         data = generate_shapes_dataset(
@@ -71,7 +77,10 @@ def main() -> None:
             image_size=256,
             progress=False,
         )
-        runs = {name: build(data, name == "cached", args.model) for name in ("plain", "cached")}
+        runs = {
+            name: build(data, name == "cached", args.model, args.resolution)
+            for name in ("plain", "cached")
+        }
         optimizers = {
             name: torch.optim.AdamW([p for p in r.task.model.parameters() if p.requires_grad])
             for name, r in runs.items()
@@ -81,7 +90,8 @@ def main() -> None:
             for name, recipe in runs.items():
                 times[name].append(epoch(recipe, optimizers[name], args.batch_size))
     cache = runs["cached"].task.model.feature_cache
-    print(f"{args.model}, {args.images} images, batch {args.batch_size}, decoder-only LoRA, CPU")
+    size = f" at {args.resolution} px" if args.resolution else ""
+    print(f"{args.model}{size}, {args.images} images, batch {args.batch_size}, decoder-only LoRA")
     print(f"{'epoch':<8}{'plain s':>10}{'cached s':>10}{'speed-up':>10}")
     for k, (plain, cached) in enumerate(zip(times["plain"], times["cached"], strict=True)):
         print(f"{k + 1:<8}{plain:>10.2f}{cached:>10.2f}{plain / cached:>9.2f}x")
