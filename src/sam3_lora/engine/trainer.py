@@ -140,8 +140,10 @@ class Trainer:
         """Accelerator, seeds, the run folder (a new one, or that of :attr:`resume_request`),
         loaders, optimizer, schedule."""
         settings = self.config.training
+        precision = resolve_mixed_precision(settings.mixed_precision)
+        _forget_single_process_state(precision)
         self.accelerator = Accelerator(
-            mixed_precision=resolve_mixed_precision(settings.mixed_precision),
+            mixed_precision=precision,
             gradient_accumulation_steps=settings.gradient_accumulation_steps,
             step_scheduler_with_optimizer=False,
             kwargs_handlers=[
@@ -645,6 +647,18 @@ class Trainer:
         self.metrics.close()
         self.accelerator.wait_for_everyone()
         return summary
+
+
+def _forget_single_process_state(mixed_precision: str) -> None:
+    """Let a second run in the same process (a notebook, a test session) use another precision:
+    Accelerate keeps its state per process and refuses a different ``mixed_precision`` later.
+    Single-process runs only (a distributed state holds the process group)."""
+    from accelerate.state import AcceleratorState, is_initialized
+
+    if not is_initialized() or int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        return
+    if str(AcceleratorState().mixed_precision) != mixed_precision:
+        AcceleratorState._reset_state(reset_partial_state=True)
 
 
 def _lost_peer(error: BaseException) -> bool:
