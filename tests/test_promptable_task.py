@@ -129,7 +129,7 @@ def test_train_resume_and_outputs(tmp_path: Path, one_thread: None) -> None:
     assert all(torch.equal(first[k], second[k]) for k in first)
 
     assert main(_arguments(tmp_path, "run", "--eval-only")) == 0  # final_lora_step4 vs the base
-    report = json.loads((tmp_path / "run" / "eval-valid" / "metrics.json").read_text())
+    report = json.loads((run / "eval-valid" / "metrics.json").read_text())  # in the run folder
     assert set(report["models"]) == {"base", "adapter"}
 
 

@@ -61,7 +61,14 @@ def run(args: argparse.Namespace) -> int:
         if get_spec(config.model.family).task == "promptable":
             from sam3_lora.evaluation.promptable import evaluate_promptable_from_config
 
-            evaluate_promptable_from_config(config, adapter, compare_base=True)
+            # a run folder (sam2_lora layout) keeps its evaluation: <run>/eval-valid
+            run_folder = adapter.parent if adapter.name.startswith("final_lora_step") else None
+            evaluate_promptable_from_config(
+                config,
+                adapter,
+                compare_base=True,
+                output_dir=run_folder / "eval-valid" if run_folder else None,
+            )
             return 0
         from sam3_lora.evaluation.runner import evaluate_from_config
 
