@@ -111,9 +111,8 @@ def test_no_engine_module_imports_a_task() -> None:
                 assert "sam3" not in name.removeprefix("sam3_lora"), (file, name)
 
 
-def test_out_of_memory_stops_with_the_settings_to_change(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _run_out_of_memory_at_step_3(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The toy task's third loss raises CUDA's out-of-memory error (as a GPU would)."""
     calls = {"n": 0}
     real = ToyTask.loss
 
@@ -124,6 +123,12 @@ def test_out_of_memory_stops_with_the_settings_to_change(
         return real(self, outputs, batch, num)
 
     monkeypatch.setattr(ToyTask, "loss", runs_out_at_step_3)
+
+
+def test_out_of_memory_stops_with_the_settings_to_change(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _run_out_of_memory_at_step_3(monkeypatch)
     from sam3_lora.engine.trainer import TrainingError
 
     with pytest.raises(TrainingError, match="out of GPU memory at step 3.*gradient_checkpointing"):
@@ -134,16 +139,7 @@ def test_out_of_memory_stops_with_the_settings_to_change(
 def test_out_of_memory_message_carries_the_estimate_it_is_given(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    calls = {"n": 0}
-    real = ToyTask.loss
-
-    def runs_out_at_step_3(self: ToyTask, outputs: object, batch: object, num: object = None):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real(self, outputs, batch, num)
-
-    monkeypatch.setattr(ToyTask, "loss", runs_out_at_step_3)
+    _run_out_of_memory_at_step_3(monkeypatch)
     from sam3_lora.engine.trainer import TrainingError
 
     config = load_config(
