@@ -95,3 +95,50 @@ def test_a_few_training_steps_improve_validation(squares: CocoDataset, one_threa
     assert set(after) >= {"val/miou", "val/dice", "val/loss", "val/loss_mask_focal", "val/prompts"}
     again, _, _ = _train(squares, steps=2)
     assert again == losses[:2]  # seeded end to end: data, prompts, clicks
+
+
+def test_activation_checkpointing_gives_the_same_loss_and_gradients(
+    squares: CocoDataset, one_thread: None
+) -> None:
+    from sam3_lora.tasks.promptable.checkpointing import enable_activation_checkpointing
+
+    def loss_and_gradients(checkpointed: bool) -> tuple[float, dict[str, torch.Tensor]]:
+        loaded = create_tiny_sam2(seed=0)
+        if checkpointed:
+            assert enable_activation_checkpointing(loaded.model) > 0
+        image_input = ImageInput.from_processor(loaded.processor)
+        batch = collate_prompt_samples(list(PromptDataset(coco=squares, image_input=image_input,
+                                                          train=True, seed=0)))  # fmt: skip
+        module = PromptableModel(loaded.model, correction_rounds=2).train()
+        torch.manual_seed(0)  # the same prompts and corrective clicks
+        loss = PromptableLoss()(module(batch).steps, batch.target_masks)["loss"]
+        loss.backward()
+        named = loaded.model.named_parameters()
+        return loss.item(), {n: p.grad.clone() for n, p in named if p.grad is not None}
+
+    plain_loss, plain = loss_and_gradients(False)
+    checkpointed_loss, checkpointed = loss_and_gradients(True)
+    assert checkpointed_loss == plain_loss
+    assert sorted(checkpointed) == sorted(plain) and len(plain) > 50
+    for name, gradient in plain.items():
+        torch.testing.assert_close(checkpointed[name], gradient, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_the_config_switch_checkpoints_the_promptable_blocks(squares: CocoDataset) -> None:
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    from sam3_lora.config import load_config
+    from sam3_lora.tasks.promptable.recipe import build_promptable_task
+
+    for switch in (False, True):
+        config = load_config(
+            "sam2_quickstart",
+            {"model.name_or_path": "tiny", "training.gradient_checkpointing": switch},
+        )
+        task = build_promptable_task(config, create_tiny_sam2(seed=0))
+        flags = [
+            m.gradient_checkpointing
+            for m in task.network.modules()
+            if isinstance(m, GradientCheckpointingLayer)
+        ]
+        assert flags and all(flag == switch for flag in flags)

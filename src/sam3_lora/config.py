@@ -184,9 +184,10 @@ class TrainingSettings(_Section):
     )
     gradient_checkpointing: bool = Field(
         False,
-        description="recompute the activations of the ViT and DETR layers (SAM3: and of the "
-        "mask decoder's pixel decoder) in the backward pass: "
-        "less memory, about a third more compute (LoRA and full mode)",
+        description="recompute activations in the backward pass instead of keeping them (SAM3: "
+        "ViT, DETR layers and the mask decoder's pixel decoder; SAM2 / SAM3 tracker: image "
+        "encoder blocks and the mask decoder's two-way attention blocks): less memory, about a "
+        "third more compute (LoRA and full mode)",
     )
     cache_vision_features: bool = Field(
         False,

@@ -17,17 +17,21 @@ layers sit inside the checkpointed layers) and with FSDP2 (module hooks stay out
 
 from __future__ import annotations
 
-from functools import partial
-
 import torch
-from torch.utils.checkpoint import checkpoint
-from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.models.sam3.modeling_sam3 import (
     Sam3DetrDecoderLayer,
     Sam3DetrEncoderLayer,
     Sam3PixelDecoder,
     Sam3ViTLayer,
 )
+
+from sam3_lora.tasks.checkpointing import checkpoint_layers, disable_activation_checkpointing
+
+__all__ = [
+    "CHECKPOINTED_LAYERS",
+    "disable_activation_checkpointing",
+    "enable_activation_checkpointing",
+]
 
 #: The layers whose activations are recomputed in the backward pass.
 CHECKPOINTED_LAYERS: tuple[type[torch.nn.Module], ...] = (
@@ -37,42 +41,10 @@ CHECKPOINTED_LAYERS: tuple[type[torch.nn.Module], ...] = (
     Sam3PixelDecoder,
 )
 
-_CHECKPOINTABLE: dict[type, type] = {}
-
-
-def _checkpointable(cls: type[torch.nn.Module]) -> type[torch.nn.Module]:
-    """``cls`` as a ``GradientCheckpointingLayer`` (one subclass per class, same name)."""
-    if issubclass(cls, GradientCheckpointingLayer):
-        return cls
-    if cls not in _CHECKPOINTABLE:
-        _CHECKPOINTABLE[cls] = type(
-            cls.__name__,
-            (cls, GradientCheckpointingLayer),
-            {"__module__": cls.__module__, "__doc__": cls.__doc__},
-        )
-    return _CHECKPOINTABLE[cls]
-
 
 def enable_activation_checkpointing(
     model: torch.nn.Module, layers: tuple[type[torch.nn.Module], ...] = CHECKPOINTED_LAYERS
 ) -> int:
-    """Checkpoint every module of ``model`` (a ``Sam3Model``, PEFT-wrapped or not) that is an
-    instance of ``layers``; returns how many."""
-    function = partial(checkpoint, use_reentrant=False)
-    count = 0
-    for module in model.modules():
-        if isinstance(module, layers):
-            module.__class__ = _checkpointable(type(module))
-            module.gradient_checkpointing = True
-            module._gradient_checkpointing_func = function
-            count += 1
-    if not count:
-        raise ValueError(f"no {', '.join(c.__name__ for c in layers)} in {type(model).__name__}")
-    return count
-
-
-def disable_activation_checkpointing(model: torch.nn.Module) -> None:
-    """Turn checkpointing off again on every layer that has it."""
-    for module in model.modules():
-        if isinstance(module, GradientCheckpointingLayer):
-            module.gradient_checkpointing = False
+    """Checkpoint SAM3's :data:`CHECKPOINTED_LAYERS` (or ``layers``) in ``model`` (a
+    ``Sam3Model``, PEFT-wrapped or not); returns how many."""
+    return checkpoint_layers(model, layers)

@@ -5,9 +5,10 @@ the image embeddings once per image (``PromptableModel.image_embeddings``), then
 ``1 + loss.correction_rounds`` prediction steps per object through ``PromptableModel.decode``,
 each step's best mask fed back (not detached, as training does), and the loss over all steps.
 Prompt values do not change memory, so the probe prompts what training could prompt at most:
-one click first (three masks, Meta's multimask rule), one more click per step. The promptable
-task has no activation checkpointing: the estimate with it on equals the one without. The
-image encoder runs once for one image (its count scales with the images).
+one click first (three masks, Meta's multimask rule), one more click per step. The probe does
+not model ``training.gradient_checkpointing`` for this task yet: with it on, the estimate is the
+one without it, an upper bound. The image encoder runs once for one image (its count scales
+with the images).
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ class PromptableMemoryProbe:
                 f"resolution {wanted}: this {type(model).__name__} takes {own} px inputs "
                 "(fixed positional embeddings); remove --resolution"
             )
+        config = config.model_copy(deep=True)
+        config.training.gradient_checkpointing = False  # not modelled: see the module docstring
         task = build_promptable_task(config, model_holder(model))
         self.module = task.model
         self.criterion = task.criterion

@@ -11,6 +11,7 @@ from sam3_lora.data.coco import CocoDataset
 from sam3_lora.errors import ConfigError
 from sam3_lora.models import LoadedModel
 from sam3_lora.tasks.finetune import describe_mode
+from sam3_lora.tasks.promptable.checkpointing import enable_activation_checkpointing
 from sam3_lora.tasks.promptable.data import resolve_promptable_splits
 from sam3_lora.tasks.promptable.finetune import group_builder, prepare_network
 from sam3_lora.tasks.promptable.loss import PromptableLoss
@@ -88,9 +89,12 @@ def warn_box_only(coco: CocoDataset) -> int:
 def build_promptable_task(config: Config, loaded: LoadedModel) -> PromptableTask:
     """The promptable task of ``config`` on the loaded base model: LoRA injected
     (``finetune.mode: lora``) or the weights made trainable (``full``), with the optimizer
-    groups of the mode (Meta's SAM2.1 groups in full mode); the image encoder compiled when
-    ``training.compile`` says so."""
+    groups of the mode (Meta's SAM2.1 groups in full mode); activation checkpointing on when
+    ``training.gradient_checkpointing`` says so, the image encoder compiled when
+    ``training.compile`` does."""
     network = prepare_network(loaded.model, config)
+    if config.training.gradient_checkpointing:
+        enable_activation_checkpointing(network)
     if config.training.compile:
         compile_vision_encoder(network)
     settings = config.loss.model_dump(exclude={"type"})
