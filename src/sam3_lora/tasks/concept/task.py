@@ -12,9 +12,6 @@ from peft import PeftModel
 from torch import Tensor
 
 from sam3_lora.engine.optim import NamedParameters, decay_groups
-from sam3_lora.errors import AdapterError, CheckpointError
-from sam3_lora.lora import load_adapter_weights_strict, save_lora_weights
-from sam3_lora.models import load_model_weights_strict
 from sam3_lora.tasks.concept.loss import ConceptOutputs, PromptTarget, Sam3ConceptLoss
 from sam3_lora.tasks.concept.module import ConceptModel, select_prompts
 from sam3_lora.tasks.concept.samples import (
@@ -29,6 +26,7 @@ from sam3_lora.tasks.concept.validation import (
     retention_statistics,
     summarize_validation,
 )
+from sam3_lora.tasks.weights import load_trained_weights, save_trained_weights
 
 
 class ConceptTask:
@@ -147,21 +145,8 @@ class ConceptTask:
                 (``accelerator.get_state_dict(model)``, collected on every rank) to write
                 instead of the sharded parameters.
         """
-        if state_dict is not None:
-            state_dict = {k.removeprefix("network."): v for k, v in state_dict.items()}
-        if isinstance(self.network, PeftModel):
-            save_lora_weights(self.network, folder, state_dict)
-            return
-        self.network.save_pretrained(folder, state_dict=state_dict, safe_serialization=True)
-        if self.processor is not None:
-            self.processor.save_pretrained(folder)
+        save_trained_weights(self.network, self.processor, folder, state_dict)
 
     def load_weights(self, folder: Path) -> None:
         """Load what :meth:`save_weights` wrote, strictly (missing / unexpected keys fail)."""
-        try:
-            if isinstance(self.network, PeftModel):
-                load_adapter_weights_strict(self.network, folder)
-            else:
-                load_model_weights_strict(self.network, Path(folder) / "model.safetensors")
-        except AdapterError as error:
-            raise CheckpointError(str(error)) from None
+        load_trained_weights(self.network, folder)

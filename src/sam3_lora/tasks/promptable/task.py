@@ -11,13 +11,13 @@ import torch
 from peft import PeftModel
 from torch import Tensor
 
-from sam3_lora.errors import AdapterError, CheckpointError
-from sam3_lora.lora import load_adapter_weights_strict, merged_state_dict, save_lora_weights
-from sam3_lora.models import load_model_weights_strict
+from sam3_lora.errors import CheckpointError
+from sam3_lora.lora import merged_state_dict
 from sam3_lora.tasks.promptable.loss import TERMS, PromptableLoss
 from sam3_lora.tasks.promptable.module import PromptableModel, PromptableOutputs
 from sam3_lora.tasks.promptable.samples import PromptBatch, PromptSample, collate_prompt_samples
 from sam3_lora.tasks.promptable.validation import outputs_statistics, summarize
+from sam3_lora.tasks.weights import load_trained_weights, save_trained_weights
 
 logger = logging.getLogger(__name__)
 
@@ -134,14 +134,7 @@ class PromptableTask:
             state_dict: under FSDP: the gathered state dict of :attr:`model`, written instead
                 of the sharded parameters.
         """
-        if state_dict is not None:
-            state_dict = {k.removeprefix("network."): v for k, v in state_dict.items()}
-        if isinstance(self.network, PeftModel):
-            save_lora_weights(self.network, folder, state_dict)
-            return
-        self.network.save_pretrained(folder, state_dict=state_dict, safe_serialization=True)
-        if self.processor is not None:
-            self.processor.save_pretrained(folder)
+        save_trained_weights(self.network, self.processor, folder, state_dict)
 
     @property
     def can_merge(self) -> bool:
@@ -175,10 +168,4 @@ class PromptableTask:
 
     def load_weights(self, folder: Path) -> None:
         """Load what :meth:`save_weights` wrote, strictly (missing / unexpected keys fail)."""
-        try:
-            if isinstance(self.network, PeftModel):
-                load_adapter_weights_strict(self.network, folder)
-            else:
-                load_model_weights_strict(self.network, Path(folder) / "model.safetensors")
-        except AdapterError as error:
-            raise CheckpointError(str(error)) from None
+        load_trained_weights(self.network, folder)
