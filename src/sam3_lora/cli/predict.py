@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -173,18 +174,7 @@ def run(args: argparse.Namespace) -> int:
     table.add_section()
     table.add_row(f"{result.images} images", str(result.instances), style="bold")
     console.print(table)
-    if len(result.outputs) == 1:
-        png, json_file = result.outputs[0]
-        console.print(f"[green]overlay[/green] {png}  [green]json[/green] {json_file}")
-    elif result.outputs:
-        console.print(f"[green]overlays and JSON[/green] written to {args.output}")
-    if result.coco_file is not None:
-        console.print(f"[green]COCO dataset[/green] {result.coco_file}")
-    if result.failures:
-        console.print(f"[red]{len(result.failures)} image(s) could not be read:[/red]")
-        for path, message in result.failures:
-            console.print(f"  {path}: {message}", soft_wrap=True)
-    return 1 if result.failures and not result.images else 0
+    return _report_files(result, args.output)
 
 
 def _run_promptable(args: argparse.Namespace, family: str) -> int:
@@ -225,13 +215,21 @@ def _run_promptable(args: argparse.Namespace, family: str) -> int:
     table.add_section()
     table.add_row(f"{result.images} images", f"{result.instances} masks", style="bold")
     console.print(table)
+    return _report_files(result, args.output)
+
+
+def _report_files(result: Any, output: str) -> int:
+    """Print where the overlays, JSON and COCO file went and the images that could not be read;
+    the exit code (1 when no image could be read)."""
     if len(result.outputs) == 1:
         png, json_file = result.outputs[0]
         console.print(f"[green]overlay[/green] {png}  [green]json[/green] {json_file}")
     elif result.outputs:
-        console.print(f"[green]overlays and JSON[/green] written to {args.output}")
+        console.print(f"[green]overlays and JSON[/green] written to {output}")
     if result.coco_file is not None:
         console.print(f"[green]COCO dataset[/green] {result.coco_file}")
-    for path, message in result.failures:
-        console.print(f"  [red]{path}[/red]: {message}", soft_wrap=True)
+    if result.failures:
+        console.print(f"[red]{len(result.failures)} image(s) could not be read:[/red]")
+        for path, message in result.failures:
+            console.print(f"  {path}: {message}", soft_wrap=True)
     return 1 if result.failures and not result.images else 0
