@@ -21,4 +21,7 @@ trainer.accelerator = Accelerator()
 rank = trainer.accelerator.process_index
 loss = torch.tensor(float("nan") if rank == 1 else 1.0)
 finite = trainer._finite_everywhere(loss)
-print(f"rank {rank} of {trainer.accelerator.num_processes}: finite everywhere = {finite}")
+line = f"rank {rank} of {trainer.accelerator.num_processes}: finite everywhere = {finite}"
+# One file per process: two processes printing to one pipe can interleave their lines.
+(Path(sys.argv[1]) / f"finite-{rank}.txt").write_text(line)
+trainer.accelerator.end_training()  # the process group ends here, not in the interpreter's exit

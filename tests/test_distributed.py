@@ -257,9 +257,10 @@ def test_a_non_finite_loss_on_one_process_is_skipped_by_all(tmp_path: Path) -> N
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(probe),
         str(tmp_path),
     ]  # fmt: skip
-    printed = _run(command, tmp_path / "probe.log")
-    assert "rank 0 of 2: finite everywhere = False" in printed
-    assert "rank 1 of 2: finite everywhere = False" in printed
+    _run(command, tmp_path / "probe.log")
+    for rank in (0, 1):
+        written = (tmp_path / f"finite-{rank}.txt").read_text()
+        assert written == f"rank {rank} of 2: finite everywhere = False"
 
 
 def test_a_launch_accelerate_does_not_see_stops_with_the_right_command(
@@ -302,8 +303,12 @@ check = negatives.verify_negatives(
     resolution=224, pool_size=3, seed=0, threshold=0.5, timeout_s=30,
 )
 state = negatives.process_state()
-print("RESULT", json.dumps({"rank": state.process_index, "scored": scored,
-      "scores": {str(k): v for k, v in check.scores.items()}}))
+result = {"rank": state.process_index, "scored": scored,
+          "scores": {str(k): v for k, v in check.scores.items()}}
+# One file per process: two processes printing to one pipe can interleave their lines.
+with open(sys.argv[2] + f"/result-{state.process_index}.json", "w") as handle:
+    json.dump(result, handle)
+state.destroy_process_group()
 """
 
 
@@ -314,9 +319,8 @@ def test_negative_verification_is_split_between_processes(shapes: Path, tmp_path
     script = tmp_path / "verify.py"
     script.write_text(VERIFY_SCRIPT)
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
-    printed = _run([*command, str(script), str(split)], tmp_path / "verify.log")
-    results = [json.loads(line.split("RESULT", 1)[1]) for line in printed.splitlines()
-               if "RESULT" in line]  # fmt: skip
+    _run([*command, str(script), str(split), str(tmp_path)], tmp_path / "verify.log")
+    results = [json.loads((tmp_path / f"result-{rank}.json").read_text()) for rank in (0, 1)]
     assert sorted(r["rank"] for r in results) == [0, 1]
     scored = [i for r in results for i in r["scored"]]
     assert sorted(scored) == list(range(8))  # each image once

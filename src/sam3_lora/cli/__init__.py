@@ -49,7 +49,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        close_process_group()
+        return code
     except Sam3LoraError as error:
         label = "\033[31merror:\033[0m" if sys.stderr.isatty() else "error:"
         print(f"{label} {error}", file=sys.stderr)
@@ -57,6 +59,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def close_process_group() -> None:
+    """End a distributed launch's process group before the interpreter exits.
+
+    Left to the interpreter's teardown, the process group's background threads can abort a
+    finished process ("terminate called without an active exception", exit code -6), which
+    turns a completed run into a failed launch. Only on a normal end: after a lost peer the
+    error is reported instead.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
