@@ -7,6 +7,7 @@ the epochs after it are timed against the uncached ones, interleaved epoch by ep
 
     python benchmarks/feature_cache.py --images 16 --epochs 3
     python benchmarks/feature_cache.py --model sam3-size --resolution 336 --images 4 --epochs 3
+    python benchmarks/feature_cache.py --storage disk   # training.feature_cache_storage: disk
 
 ``--model sam3-size`` is the released architecture with random weights (the same cost), at
 ``--resolution`` (a multiple of 336), built by ``step_models.load_base`` as in ``train_step.py``.
@@ -29,7 +30,9 @@ from sam3_lora.tasks.concept.recipe import build_concept_recipe
 from sam3_lora.tasks.spec import TaskRecipe
 
 
-def build(data: Path, cache: bool, model: str, resolution: int | None) -> TaskRecipe:
+def build(
+    data: Path, cache: bool, model: str, resolution: int | None, storage: str = "memory"
+) -> TaskRecipe:
     loaded, _ = load_base(model, resolution, "none")
     overrides = {
         "model.name_or_path": model,
@@ -40,6 +43,8 @@ def build(data: Path, cache: bool, model: str, resolution: int | None) -> TaskRe
         "lora.apply_to_detr_decoder": True,
         "lora.target_modules": ["q_proj", "k_proj", "v_proj"],
         "training.cache_vision_features": cache,
+        "training.feature_cache_storage": storage,
+        "output.output_dir": str(data.parent / "run"),
     }
     torch.manual_seed(0)
     return build_concept_recipe(load_config("balanced", overrides), loaded)
@@ -67,6 +72,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch_size", type=int, default=2)
     parser.add_argument("--resolution", type=int, default=None, help="sam3-size: input side")
+    parser.add_argument(
+        "--storage", choices=("memory", "disk"), default="memory", help="of the cached run"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as root:
         data = generate_shapes_dataset(
@@ -78,7 +86,7 @@ def main() -> None:
             progress=False,
         )
         runs = {
-            name: build(data, name == "cached", args.model, args.resolution)
+            name: build(data, name == "cached", args.model, args.resolution, args.storage)
             for name in ("plain", "cached")
         }
         optimizers = {
@@ -91,7 +99,10 @@ def main() -> None:
                 times[name].append(epoch(recipe, optimizers[name], args.batch_size))
     cache = runs["cached"].task.model.feature_cache
     size = f" at {args.resolution} px" if args.resolution else ""
-    print(f"{args.model}{size}, {args.images} images, batch {args.batch_size}, decoder-only LoRA")
+    print(
+        f"{args.model}{size}, {args.images} images, batch {args.batch_size}, decoder-only LoRA, "
+        f"cache in {args.storage}"
+    )
     print(f"{'epoch':<8}{'plain s':>10}{'cached s':>10}{'speed-up':>10}")
     for k, (plain, cached) in enumerate(zip(times["plain"], times["cached"], strict=True)):
         print(f"{k + 1:<8}{plain:>10.2f}{cached:>10.2f}{plain / cached:>9.2f}x")

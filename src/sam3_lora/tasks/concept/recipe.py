@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
+from pathlib import Path
 
 import torch
 from peft import PeftModel
@@ -108,8 +111,39 @@ def vision_feature_cache(config: Config, network: torch.nn.Module) -> VisionFeat
             "or data.horizontal_flip changes the images every epoch. Set both to false, or turn "
             "the cache off."
         )
-    resolution = config.data.resolution
-    return VisionFeatureCache(transform_key=("resize", resolution))
+    settings = config.training
+    transform = ("resize", config.data.resolution)
+    budget = settings.feature_cache_max_gb
+    if settings.feature_cache_storage == "disk":
+        directory = Path(config.output.output_dir) / "feature-cache" / _cache_name(config)
+        return VisionFeatureCache(
+            transform,
+            max_bytes=None if budget is None else int(budget * 2**30),
+            directory=directory,
+        )
+    if budget is None:
+        import psutil
+
+        processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+        return VisionFeatureCache(
+            transform, max_bytes=psutil.virtual_memory().available // (2 * processes)
+        )
+    return VisionFeatureCache(transform, max_bytes=int(budget * 2**30))
+
+
+def _cache_name(config: Config) -> str:
+    """Names the disk cache of one (model, training split, resolution): another model or an
+    edited annotation file never reads these features."""
+    split = config.data.train
+    places = [] if split is None else [split.dir, split.annotation_file, split.images_dir]
+    stamps = []
+    for place in filter(None, places):
+        path = Path(place).resolve()
+        files = sorted(path.glob("*.json")) if path.is_dir() else [path]
+        stamps += [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.is_file()]
+    synthetic = config.data.synthetic.model_dump() if config.data.synthetic else None
+    identity = repr((config.model.name_or_path, stamps, synthetic, config.data.resolution))
+    return hashlib.sha1(identity.encode()).hexdigest()[:12]
 
 
 def build_concept_task(config: Config, loaded: LoadedModel) -> ConceptTask:
@@ -197,6 +231,12 @@ def build_concept_recipe(config: Config, loaded: LoadedModel) -> TaskRecipe:
         f"{len(valid) if valid else 0} validation images, "
         f"{len(train.coco.categories)} categories, resolution {resolution}"
     )
+    cache = task.model.feature_cache
+    if cache is not None:
+        budget = cache.max_bytes
+        limit = "no limit" if budget is None else f"at most {budget / 2**30:.1f} GiB"
+        where = f" in {cache.directory}" if cache.directory is not None else ""
+        description += f"\nvision-feature cache: {cache.storage}{where}, {limit}"
     for check, dataset in zip(checks, checked, strict=True):
         split = "training" if dataset is train else "validation"
         timing = "cached" if check.from_cache else f"{check.seconds:.1f} s"
