@@ -179,3 +179,19 @@ def test_nms_removes_duplicate_detections(adapter_dir: Path, image: Image.Image)
     assert 0 < len(after["scores"]) < len(before["scores"])
     assert after["scores"][0] == before["scores"][0]
     assert set(after["scores"].tolist()) <= set(before["scores"].tolist())
+
+
+def test_adapter_switched_off_and_merged_in_memory(adapter_dir: Path, image: Image.Image) -> None:
+    base = SAM3LoRAInference(model="tiny-random", device="cpu", threshold=0.0)
+    assert not base.has_adapter and not base.merge_adapter()
+    expected_base = base.predict(image, text="circle")
+    tuned = SAM3LoRAInference(weights_path=adapter_dir, device="cpu", threshold=0.0)
+    expected = tuned.predict(image, text="circle")
+    with tuned.adapter_disabled():
+        off = tuned.predict(image, text="circle")
+    np.testing.assert_allclose(off["scores"], expected_base["scores"], atol=1e-5)
+    assert np.abs(expected["scores"] - expected_base["scores"]).max() > 1e-4  # it matters
+    assert tuned.merge_adapter() and not tuned.has_adapter
+    merged = tuned.predict(image, text="circle")
+    np.testing.assert_allclose(merged["scores"], expected["scores"], atol=1e-4)
+    assert (merged["masks"] == expected["masks"]).mean() > 0.999

@@ -192,3 +192,23 @@ def test_evaluate_cli_for_sam2(
     assert (tmp_path / "eval" / "report.html").is_file()
     assert main([*arguments, "--threshold", "0.4"]) == 2
     assert "--threshold is a SAM3 option" in capsys.readouterr().err
+
+
+def test_adapter_switched_off_and_merged_in_memory(adapter: Path, image: Path) -> None:
+    base = SAM2LoRAInference(model="tiny-random", family="sam2", device="cpu").predict(
+        image, boxes=[BOX]
+    )
+    tuned = SAM2LoRAInference(weights_path=adapter, device="cpu")
+    expected = tuned.predict(image, boxes=[BOX])
+    with tuned.adapter_disabled():
+        off = tuned.predict(image, boxes=[BOX])
+    np.testing.assert_allclose(off["scores"], base["scores"], atol=1e-5)
+    assert (expected["masks"] != base["masks"]).mean() > 0.01  # the adapter matters
+    assert tuned.merge_adapter() and not tuned.has_adapter
+    assert tuned.loaded.kind == "adapter (merged in memory)"
+    merged = tuned.predict(image, boxes=[BOX])
+    assert (merged["masks"] == expected["masks"]).mean() > 0.999
+    np.testing.assert_allclose(merged["scores"], expected["scores"], atol=1e-4)
+    assert not tuned.merge_adapter()  # nothing left to merge
+    with pytest.raises(Exception, match="no adapter is loaded"):
+        tuned.adapter_disabled().__enter__()

@@ -14,20 +14,18 @@ The public API (:class:`SAM3LoRAInference`, the SAM3-LoRA name): weights are loa
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from peft import PeftModel
 from PIL import Image
 
 from sam3_lora.config import Config, EvaluationSettings, load_config
 from sam3_lora.data.images import load_image_rgb, to_rgb8
-from sam3_lora.errors import AdapterError, ConfigError, ModelLoadError
-from sam3_lora.predict.weights import load_predictor
+from sam3_lora.errors import ConfigError, ModelLoadError
+from sam3_lora.predict.weights import AdapterControls, load_predictor
 from sam3_lora.tasks.concept.module import ConceptModel
 from sam3_lora.tasks.concept.predictor import (
     ConceptPredictor,
@@ -66,7 +64,7 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-class SAM3LoRAInference:
+class SAM3LoRAInference(AdapterControls):
     """Predict with SAM3 (+ LoRA adapter) from text prompts, box exemplars, or both.
 
     Args:
@@ -145,18 +143,6 @@ class SAM3LoRAInference:
     def nms_iou_threshold(self) -> float | None:
         """Mask NMS IoU (None: off)."""
         return self.predictor.nms_iou_threshold
-
-    @property
-    def has_adapter(self) -> bool:
-        return isinstance(self.model, PeftModel)
-
-    @contextmanager
-    def adapter_disabled(self) -> Iterator[None]:
-        """Run the base model inside the block (the adapter is switched off, not unloaded)."""
-        if not self.has_adapter:
-            raise AdapterError("no adapter is loaded: there is nothing to disable")
-        with self.model.disable_adapter():
-            yield
 
     # ----------------------------------------------------------------- public API
     def predict(
@@ -250,26 +236,5 @@ class SAM3LoRAInference:
         """Images encoded so far (vision features are computed once per image)."""
         return self.predictor.vision_calls
 
-    def merge_adapter(self) -> bool:
-        """Fold the adapter into the base weights in memory (exact for LoRA on float weights;
-        faster prediction); returns whether it merged. Quantized layers are left unmerged."""
-        if not self.has_adapter or not _merge_is_exact(self.model):
-            return False
-        self.model = self.model.merge_and_unload()
-        self.predictor.model = ConceptModel(self.model, self.processor.tokenizer)
-        self.loaded.kind = "adapter (merged in memory)"
-        return True
-
-
-def _merge_is_exact(model: PeftModel) -> bool:
-    """Whether every LoRA layer wraps a plain float ``nn.Linear`` (merging is then exact up to
-    rounding; quantized bases would be rounded again)."""
-    from peft.tuners.lora import Linear as LoraLinear
-
-    layers = [m for m in model.modules() if hasattr(m, "lora_A")]
-    return all(
-        isinstance(m, LoraLinear)
-        and isinstance(m.get_base_layer(), torch.nn.Linear)
-        and m.get_base_layer().weight.dtype.is_floating_point
-        for m in layers
-    )
+    def _use_model(self, model: torch.nn.Module) -> None:
+        self.predictor.model = ConceptModel(model, self.processor.tokenizer)

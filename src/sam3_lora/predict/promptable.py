@@ -14,20 +14,18 @@ config, else from the weights (:func:`~sam3_lora.predict.weights.detect_family`)
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from peft import PeftModel
 from PIL import Image
 
 from sam3_lora.config import Config, EvaluationSettings, load_config
-from sam3_lora.errors import AdapterError, ConfigError, ModelLoadError
+from sam3_lora.errors import ConfigError, ModelLoadError
 from sam3_lora.predict.inference import default_device, open_image
-from sam3_lora.predict.weights import detect_family, load_predictor
+from sam3_lora.predict.weights import AdapterControls, detect_family, load_predictor
 from sam3_lora.tasks import get_spec
 from sam3_lora.tasks.promptable.module import PromptableModel
 from sam3_lora.tasks.promptable.predictor import (
@@ -39,7 +37,7 @@ from sam3_lora.tasks.promptable.predictor import (
 from sam3_lora.tasks.promptable.spec import ImageInput
 
 
-class SAM2LoRAInference:
+class SAM2LoRAInference(AdapterControls):
     """Predict with SAM2 / SAM3's tracker (+ LoRA adapter) from boxes, clicks, or both.
 
     Args:
@@ -98,26 +96,8 @@ class SAM2LoRAInference:
         """The task module (the one forward) around the loaded model."""
         return self.predictor.model
 
-    @property
-    def has_adapter(self) -> bool:
-        return isinstance(self.model, PeftModel)
-
-    @contextmanager
-    def adapter_disabled(self) -> Iterator[None]:
-        """Run the base model inside the block (the adapter is switched off, not unloaded)."""
-        if not self.has_adapter:
-            raise AdapterError("no adapter is loaded: there is nothing to disable")
-        with self.model.disable_adapter():
-            yield
-
-    def merge_adapter(self) -> bool:
-        """Fold a LoRA adapter into the weights in memory (faster; same predictions)."""
-        if not self.has_adapter:
-            return False
-        self.model = self.model.merge_and_unload()
-        self.predictor.model = PromptableModel(self.model).eval()
-        self.loaded.kind = "adapter (merged in memory)"
-        return True
+    def _use_model(self, model: torch.nn.Module) -> None:
+        self.predictor.model = PromptableModel(model).eval()
 
     def predict_objects(
         self, image: str | Path | Image.Image | np.ndarray, prompts: Sequence[ObjectPrompt]

@@ -12,12 +12,15 @@ from __future__ import annotations
 import json
 import logging
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
+from peft import PeftModel
 
 from sam3_lora.errors import AdapterError
 from sam3_lora.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, load_lora_weights
@@ -36,6 +39,56 @@ class LoadedPredictor:
     weights: Path | None = None
     kind: str = "base"  # base | adapter | merged
     notes: list[str] = field(default_factory=list)
+
+
+class AdapterControls:
+    """What the inference classes do with a loaded adapter: ask for it, switch it off for a
+    block, fold it into the weights. ``model`` is the loaded model and ``loaded`` its
+    :class:`LoadedPredictor`; :meth:`_use_model` points the class's task module at a new model.
+    """
+
+    model: torch.nn.Module
+    loaded: LoadedPredictor
+
+    @property
+    def has_adapter(self) -> bool:
+        """Whether a PEFT adapter is loaded on the base (not merged)."""
+        return isinstance(self.model, PeftModel)
+
+    @contextmanager
+    def adapter_disabled(self) -> Iterator[None]:
+        """Run the base model inside the block (the adapter is switched off, not unloaded)."""
+        if not self.has_adapter:
+            raise AdapterError("no adapter is loaded: there is nothing to disable")
+        with self.model.disable_adapter():
+            yield
+
+    def merge_adapter(self) -> bool:
+        """Fold the adapter into the base weights in memory (exact for LoRA on float weights;
+        faster prediction); returns whether it merged. Quantized layers are left unmerged."""
+        if not self.has_adapter or not merge_is_exact(self.model):
+            return False
+        self.model = self.model.merge_and_unload()
+        self._use_model(self.model)
+        self.loaded.kind = "adapter (merged in memory)"
+        return True
+
+    def _use_model(self, model: torch.nn.Module) -> None:
+        raise NotImplementedError
+
+
+def merge_is_exact(model: PeftModel) -> bool:
+    """Whether every LoRA layer wraps a plain float ``nn.Linear`` (merging is then exact up to
+    rounding; quantized bases would be rounded again)."""
+    from peft.tuners.lora import Linear as LoraLinear
+
+    layers = [m for m in model.modules() if hasattr(m, "lora_A")]
+    return all(
+        isinstance(m, LoraLinear)
+        and isinstance(m.get_base_layer(), torch.nn.Linear)
+        and m.get_base_layer().weight.dtype.is_floating_point
+        for m in layers
+    )
 
 
 def resolve_weights(weights: str | Path) -> tuple[str, Path]:
