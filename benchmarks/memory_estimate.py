@@ -146,6 +146,9 @@ def promptable_step(loaded: LoadedModel, config: Any, images: int, objects: int)
     from sam3_lora.tasks.promptable.samples import PromptBatch
 
     task = build_promptable_task(config, loaded)
+    frozen_dtype = frozen_weights_dtype(config, "bf16")  # as a bf16 training run stores them
+    if frozen_dtype is not None:
+        cast_frozen_weights(task.network, frozen_dtype)
     size = int(loaded.model.config.vision_config.backbone_config.image_size[0])
     count = images * objects
     masks = torch.zeros(count, size, size, dtype=torch.bool)
@@ -322,7 +325,8 @@ def main(argv: list[str] | None = None) -> None:
         points = [(1, 1, False), (2, 4, False), (2, 4, True), (1, 16, False)]
         rows += compare("tiny", "sam3", "balanced", points, device)
         rows += compare("tiny", "sam3", "full_ft", [(1, 4, False)], device)
-        rows += compare("tiny", "sam2", "sam2_lora", [(1, 2, False), (2, 4, False)], device)
+        points = [(1, 2, False), (2, 4, False), (2, 4, True)]
+        rows += compare("tiny", "sam2", "sam2_lora", points, device)
     if args.sam3_size:
         rows += compare_sam3_size(args.sam3_size, device)
     if rows:

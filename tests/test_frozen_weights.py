@@ -160,3 +160,68 @@ def test_a_bf16_run_trains_validates_and_saves(shapes_dir: Path, tmp_path: Path)
     assert all(p.dtype == torch.float32 for p in network.parameters() if p.requires_grad)
     assert summary["steps"] == 2
     assert (output / "final" / "adapter_model.safetensors").is_file()
+
+
+def test_sam2_bf16_frozen_weights_give_the_same_loss_and_lora_gradients(
+    shapes_dir: Path,
+) -> None:
+    from sam3_lora.config import load_config
+    from sam3_lora.tasks.promptable.recipe import build_promptable_task
+    from sam3_lora.tasks.promptable.samples import PromptDataset, collate_prompt_samples
+    from sam3_lora.tasks.promptable.spec import ImageInput
+    from sam3_lora.tasks.promptable.tiny import create_tiny_sam2
+
+    loaded = create_tiny_sam2(seed=0)
+    config = load_config("sam2_lora", {"model.name_or_path": "tiny-random", "lora.dropout": 0.0})
+    task = build_promptable_task(config, loaded)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # non-zero B: the A matrices get gradients too
+        for name, parameter in task.network.named_parameters():
+            if "lora_B" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.02)
+    cast_task = copy.deepcopy(task)
+    assert cast_frozen_weights(cast_task.network, torch.bfloat16) > 0.5 * sum(
+        p.numel() for p in task.network.parameters()
+    )
+    coco = CocoDataset.from_split_dir(shapes_dir / "train")
+    image_input = ImageInput.from_processor(loaded.processor)
+    samples = PromptDataset(coco, image_input, train=True, seed=0)
+    batch = collate_prompt_samples([samples[0], samples[1]])
+
+    def loss_and_gradients(run_task) -> tuple[torch.Tensor, dict]:
+        run_task.model.train()
+        torch.manual_seed(0)  # the same corrective clicks
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = run_task.loss(run_task.model(batch), batch)["loss"]
+        loss.backward()
+        named = run_task.network.named_parameters()
+        return loss.detach(), {n: p.grad.clone() for n, p in named if p.requires_grad}
+
+    loss, gradients = loss_and_gradients(task)
+    cast_loss, cast_gradients = loss_and_gradients(cast_task)
+    assert torch.isfinite(loss) and torch.equal(loss, cast_loss)
+    assert gradients.keys() == cast_gradients.keys() and len(gradients) > 40
+    for name, gradient in gradients.items():
+        assert torch.equal(gradient, cast_gradients[name]), name
+
+
+def test_the_sam2_recipe_stores_frozen_weights_in_bf16(shapes_dir: Path) -> None:
+    from sam3_lora.config import load_config
+    from sam3_lora.models import load_model
+    from sam3_lora.tasks.promptable.recipe import build_promptable_recipe
+
+    overrides = {
+        "model.name_or_path": "tiny-random",
+        "data.train": str(shapes_dir / "train"),
+        "data.valid": None,
+        "training.mixed_precision": "bf16",
+    }
+    recipe = build_promptable_recipe(
+        load_config("sam2_lora", overrides), load_model("tiny-random", "sam2")
+    )
+    network = recipe.task.network
+    assert {p.dtype for p in network.parameters() if not p.requires_grad} == {
+        torch.bfloat16,
+        torch.float32,
+    }
+    assert all(p.dtype == torch.float32 for p in network.parameters() if p.requires_grad)

@@ -72,11 +72,11 @@ class _Measured:
         return sum(self.sizes.values())
 
 
-def _predicted(config: object, images: int, prompts: int) -> float:
+def _predicted(config: object, images: int, prompts: int, checkpointing: bool = False) -> float:
     """Activations + weight copies predicted for a run on this CPU (``target="cpu"``: its
     autocast and dropout, not the emulated CUDA ones)."""
     model, _ = memory_model(config, target="cpu")
-    estimate = model.estimate(MemorySettings(images, prompts, "bf16"))
+    estimate = model.estimate(MemorySettings(images, prompts, "bf16", checkpointing))
     return estimate.activations + estimate.weight_copies
 
 
@@ -121,7 +121,9 @@ def test_sam3_tiny_activations_match_a_real_training_step() -> None:
         assert type(task.model(batch).masks) is torch.Tensor  # no fake tensor leaks into it
 
 
-def test_sam2_tiny_activations_match_a_real_training_step() -> None:
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_sam2_tiny_activations_match_a_real_training_step(checkpointing: bool) -> None:
+    from sam3_lora.frozen_weights import cast_frozen_weights, frozen_weights_dtype
     from sam3_lora.tasks.promptable.recipe import build_promptable_task
     from sam3_lora.tasks.promptable.samples import PromptBatch
 
@@ -129,10 +131,12 @@ def test_sam2_tiny_activations_match_a_real_training_step() -> None:
         "model.name_or_path": "tiny",
         "loss.box_probability": 0.0,
         "loss.correction_rounds": 1,
+        "training.gradient_checkpointing": checkpointing,
     }
     config = load_config("sam2_lora", overrides)
     loaded = load_model("tiny", "sam2")
     task = build_promptable_task(config, loaded)
+    cast_frozen_weights(task.network, frozen_weights_dtype(config, "bf16"))  # as bf16 training
     task.model.train()
     images, objects = 2, 2
     size = int(loaded.model.config.vision_config.backbone_config.image_size[0])
@@ -156,7 +160,7 @@ def test_sam2_tiny_activations_match_a_real_training_step() -> None:
         return [p.mask_logits for s in outputs.steps for p in s]
 
     measured = _Measured(task.model.parameters()).run(step)
-    predicted = _predicted(config, images, objects)
+    predicted = _predicted(config, images, objects, checkpointing)
     assert predicted == pytest.approx(measured, rel=0.15), (predicted, measured)
 
 

@@ -16,12 +16,15 @@ float32`` turns it off. The cast model runs under autocast only (as the trainer 
 
 from __future__ import annotations
 
+import logging
 import os
 
 import torch
 
 from sam3_lora.config import Config
 from sam3_lora.engine.schedules import resolve_mixed_precision
+
+logger = logging.getLogger(__name__)
 
 #: Modules whose weight and bias autocast casts to the compute dtype for every use.
 AUTOCAST_MODULES: tuple[type[torch.nn.Module], ...] = (
@@ -84,4 +87,15 @@ def cast_frozen_weights(model: torch.nn.Module, dtype: torch.dtype) -> int:
             if parameter.dtype != dtype:
                 parameter.data = parameter.data.to(dtype)
                 count += parameter.numel()
+    return count
+
+
+def store_frozen_weights_for_training(model: torch.nn.Module, config: Config) -> int:
+    """Cast ``model``'s frozen linear / conv weights to the dtype a training run of ``config``
+    stores them in (:func:`frozen_weights_dtype`), logging it; returns the elements cast."""
+    dtype = frozen_weights_dtype(config)
+    if dtype is None:
+        return 0
+    count = cast_frozen_weights(model, dtype)
+    logger.info("frozen linear / conv weights stored in %s: %d parameters", dtype, count)
     return count

@@ -13,7 +13,7 @@ detector / decoder on them.
 
 Assumptions (stated in docs/memory.md): bf16 / fp16 = autocast (what Accelerate's
 ``mixed_precision`` does) over fp32 master weights, except, where the probe says training does
-so (:attr:`MemoryProbe.frozen_in_compute_dtype`, SAM3 LoRA), frozen linear / conv weights stored
+so (:attr:`MemoryProbe.frozen_in_compute_dtype`, LoRA), frozen linear / conv weights stored
 in the compute dtype (:mod:`sam3_lora.frozen_weights`); fp32 gradients and two fp32 AdamW states
 per trainable parameter; QLoRA = NF4 frozen linear weights with double quantisation (about 0.52
 byte per parameter) and no autocast copies of them.

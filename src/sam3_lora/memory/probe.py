@@ -27,6 +27,9 @@ from torch import Tensor
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+from sam3_lora.tasks.checkpointing import disable_activation_checkpointing
 
 #: Fake tensors up to this many elements keep their values: SAM3's DETR decoder reads its
 #: feature-map size from a small tensor (``spatial_shapes``).
@@ -305,3 +308,62 @@ def leaf_like(tensor: Tensor, batch: int) -> Tensor:
     vision features of ``batch`` images, standing in for the encoder's output)."""
     leaf = tensor.new_zeros((batch, *tensor.shape[1:]))
     return leaf.requires_grad_(tensor.requires_grad)
+
+
+@contextmanager
+def counted_checkpointing(
+    network: torch.nn.Module,
+    layers: tuple[type[torch.nn.Module], ...],
+    enable: Callable[[torch.nn.Module], int],
+    on: bool,
+    counter: SavedTensors,
+) -> Iterator[None]:
+    """Inside: ``network`` as training runs it with ``training.gradient_checkpointing`` ``on``.
+
+    On: ``enable`` checkpoints the task's ``layers`` and their inputs are counted (the
+    checkpoint keeps them). Off: what each of those layers saves is measured
+    (:attr:`Count.largest_layer`, the recomputation's workspace under checkpointing).
+    """
+    with ExitStack() as stack:
+        if on:
+            enable(network)
+            stack.callback(disable_activation_checkpointing, network)
+        for layer in network.modules():
+            if isinstance(layer, layers):
+                if on:
+                    handle = layer.register_forward_pre_hook(
+                        _keep_inputs(counter), with_kwargs=True
+                    )
+                    stack.callback(handle.remove)
+                else:
+                    stack.enter_context(_measure_layer(layer, counter))
+        yield
+
+
+def _keep_inputs(counter: SavedTensors) -> Callable[..., None]:
+    def hook(_module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        tensors = tree_leaves([args, kwargs])  # e.g. the pixel decoder takes a list of maps
+        counter.keep(*(t for t in tensors if isinstance(t, Tensor) and t.requires_grad))
+
+    return hook
+
+
+@contextmanager
+def _measure_layer(layer: torch.nn.Module, counter: SavedTensors) -> Iterator[None]:
+    """While inside, each forward of ``layer`` runs in :meth:`SavedTensors.layer`."""
+    active: list[ExitStack] = []
+
+    def enter(*_args: object) -> None:
+        stack = ExitStack()
+        stack.enter_context(counter.layer())
+        active.append(stack)
+
+    def leave(*_args: object) -> None:
+        active.pop().close()
+
+    handles = [layer.register_forward_pre_hook(enter), layer.register_forward_hook(leave)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()

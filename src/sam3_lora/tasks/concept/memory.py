@@ -15,12 +15,10 @@ dtype in LoRA mode, fp32 otherwise.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager
 
 import torch
 from torch import Tensor
-from torch.utils._pytree import tree_leaves
 from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
 
 from sam3_lora.config import Config
@@ -31,13 +29,13 @@ from sam3_lora.memory.probe import (
     FakeSession,
     Precision,
     SavedTensors,
+    counted_checkpointing,
     leaf_like,
     make_fake,
     storage_key,
 )
 from sam3_lora.tasks.concept.checkpointing import (
     CHECKPOINTED_LAYERS,
-    disable_activation_checkpointing,
     enable_activation_checkpointing,
 )
 from sam3_lora.tasks.concept.loss import ConceptOutputs, PromptTarget
@@ -148,30 +146,10 @@ class ConceptMemoryProbe:
         with self.session.active():
             cast_frozen_weights(self.network, dtype or torch.float32)
 
-    @contextmanager
-    def _checkpointing(self, on: bool, counter: SavedTensors) -> Iterator[None]:
-        """Activation checkpointing on the network while inside; the checkpointed layers'
-        inputs counted (the checkpoint keeps them). Off: what each checkpointable layer saves
-        is measured (:attr:`Count.largest_layer`)."""
-        if not on:
-            with ExitStack() as stack:
-                for layer in self.network.modules():
-                    if isinstance(layer, CHECKPOINTED_LAYERS):
-                        stack.enter_context(_measure_layer(layer, counter))
-                yield
-            return
-        enable_activation_checkpointing(self.network)
-        handles = [
-            layer.register_forward_pre_hook(_keep_inputs(counter), with_kwargs=True)
-            for layer in self.network.modules()
-            if isinstance(layer, CHECKPOINTED_LAYERS)
-        ]
-        try:
-            yield
-        finally:
-            for handle in handles:
-                handle.remove()
-            disable_activation_checkpointing(self.network)
+    def _checkpointing(self, on: bool, counter: SavedTensors) -> AbstractContextManager[None]:
+        return counted_checkpointing(
+            self.network, CHECKPOINTED_LAYERS, enable_activation_checkpointing, on, counter
+        )
 
     def _detect(
         self, vision: Sam3VisionEncoderOutput, images: int, prompts_per_image: int
@@ -215,32 +193,3 @@ class ConceptMemoryProbe:
 
 def _tensors(outputs: ConceptOutputs) -> list[Tensor]:
     return [v for v in vars(outputs).values() if isinstance(v, Tensor)]
-
-
-def _keep_inputs(counter: SavedTensors):
-    def hook(_module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-        tensors = tree_leaves([args, kwargs])  # the pixel decoder takes a list of maps
-        counter.keep(*(t for t in tensors if isinstance(t, Tensor) and t.requires_grad))
-
-    return hook
-
-
-@contextmanager
-def _measure_layer(layer: torch.nn.Module, counter: SavedTensors) -> Iterator[None]:
-    """While inside, each forward of ``layer`` runs in :meth:`SavedTensors.layer`."""
-    active: list[ExitStack] = []
-
-    def enter(*_args: object) -> None:
-        stack = ExitStack()
-        stack.enter_context(counter.layer())
-        active.append(stack)
-
-    def leave(*_args: object) -> None:
-        active.pop().close()
-
-    handles = [layer.register_forward_pre_hook(enter), layer.register_forward_hook(leave)]
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()

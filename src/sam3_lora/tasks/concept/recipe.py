@@ -17,7 +17,7 @@ from sam3_lora.data.sources import resolve_data_splits
 from sam3_lora.data.transforms import build_transforms
 from sam3_lora.data.vocabulary import load_negative_vocabulary
 from sam3_lora.errors import ConfigError
-from sam3_lora.frozen_weights import cast_frozen_weights, frozen_weights_dtype
+from sam3_lora.frozen_weights import store_frozen_weights_for_training
 from sam3_lora.models import LoadedModel
 from sam3_lora.tasks.concept.checkpointing import enable_activation_checkpointing
 from sam3_lora.tasks.concept.feature_cache import VisionFeatureCache
@@ -219,10 +219,7 @@ def build_concept_recipe(config: Config, loaded: LoadedModel) -> TaskRecipe:
         checked.append(valid)
     checks = verify_dataset_negatives(config, loaded, resolution, checked, draw=verify)
     task = build_concept_task(config, loaded)
-    frozen_dtype = frozen_weights_dtype(config)
-    if frozen_dtype is not None:
-        cast = cast_frozen_weights(task.network, frozen_dtype)
-        logger.info("frozen linear / conv weights stored in %s: %d parameters", frozen_dtype, cast)
+    store_frozen_weights_for_training(task.network, config)
     if retention and valid is not None and isinstance(task.network, PeftModel):
         check = checks[-1]  # the base to compare with: the adapter disabled
         valid.set_retention_prompts([check.present(i.id)[:retention] for i in valid.coco.images])

@@ -9,6 +9,7 @@ from sam3_lora.compile import compile_vision_encoder
 from sam3_lora.config import Config
 from sam3_lora.data.coco import CocoDataset
 from sam3_lora.errors import ConfigError
+from sam3_lora.frozen_weights import store_frozen_weights_for_training
 from sam3_lora.models import LoadedModel
 from sam3_lora.tasks.finetune import describe_mode
 from sam3_lora.tasks.promptable.checkpointing import enable_activation_checkpointing
@@ -109,9 +110,12 @@ def build_promptable_task(config: Config, loaded: LoadedModel) -> PromptableTask
 
 
 def build_promptable_recipe(config: Config, loaded: LoadedModel) -> TaskRecipe:
-    """The promptable task and its datasets for ``sam3-lora train``."""
+    """The promptable task and its datasets for ``sam3-lora train``. Under bf16 / fp16 mixed
+    precision a LoRA run's frozen linear / conv weights are stored in the compute dtype
+    (:mod:`sam3_lora.frozen_weights`; ``model.frozen_weights_dtype``)."""
     image_input = image_input_of(loaded, config)
     task = build_promptable_task(config, loaded)
+    store_frozen_weights_for_training(task.network, config)
     train, valid = build_promptable_datasets(config, image_input)
     description = (
         f"{describe_mode(config)}; {len(train)} training images, "
