@@ -225,3 +225,29 @@ def test_the_sam2_recipe_stores_frozen_weights_in_bf16(shapes_dir: Path) -> None
         torch.float32,
     }
     assert all(p.dtype == torch.float32 for p in network.parameters() if p.requires_grad)
+
+
+def test_a_merge_during_training_folds_the_adapter_into_the_float_base() -> None:
+    """The sam2_lora layout saves merged models while training with bf16 frozen weights: the
+    merge uses the fp32 base kept on the CPU, so it equals the merge of an fp32-master run."""
+    from sam3_lora.config import load_config
+    from sam3_lora.lora import merged_state_dict
+    from sam3_lora.tasks.promptable.recipe import build_promptable_task
+    from sam3_lora.tasks.promptable.tiny import create_tiny_sam2
+
+    config = load_config("sam2_lora", {"model.name_or_path": "tiny-random"})
+    task = build_promptable_task(config, create_tiny_sam2(seed=0))
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, parameter in task.network.named_parameters():
+            if "lora_B" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.02)
+    expected = merged_state_dict(task.network)
+    cast_frozen_weights(task.network, torch.bfloat16, keep_originals=True)
+    merged = merged_state_dict(task.network)
+    assert merged.keys() == expected.keys()
+    for key, tensor in expected.items():
+        assert merged[key].dtype == tensor.dtype and torch.equal(merged[key], tensor), key
+    for parameter in task.network.parameters():  # without them the bf16 copies are merged
+        parameter.__dict__.pop("weight_before_cast", None)
+    assert any(t.dtype == torch.bfloat16 for t in merged_state_dict(task.network).values())

@@ -78,24 +78,46 @@ def frozen_autocast_parameters(model: torch.nn.Module) -> list[torch.nn.Paramete
     return list(found.values())
 
 
-def cast_frozen_weights(model: torch.nn.Module, dtype: torch.dtype) -> int:
+def cast_frozen_weights(
+    model: torch.nn.Module, dtype: torch.dtype, keep_originals: bool = False
+) -> int:
     """Store :func:`frozen_autocast_parameters` of ``model`` in ``dtype``, in place; returns
-    how many parameters (elements) were cast."""
+    how many parameters (elements) were cast. ``keep_originals``: a CPU copy of each cast
+    weight as it was stays with the parameter, for :func:`original_weights` (a merge during
+    training folds the adapter into the float base, not into its rounded copy)."""
     count = 0
     with torch.no_grad():
         for parameter in frozen_autocast_parameters(model):
             if parameter.dtype != dtype:
+                if keep_originals and not hasattr(parameter, _ORIGINAL):
+                    setattr(parameter, _ORIGINAL, parameter.data.to("cpu", copy=True))
                 parameter.data = parameter.data.to(dtype)
                 count += parameter.numel()
     return count
 
 
-def store_frozen_weights_for_training(model: torch.nn.Module, config: Config) -> int:
+_ORIGINAL = "weight_before_cast"
+
+
+def original_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """``model``'s parameters as they were before :func:`cast_frozen_weights` with
+    ``keep_originals``, by parameter name; empty when none was kept."""
+    return {
+        name: getattr(parameter, _ORIGINAL)
+        for name, parameter in model.named_parameters()
+        if hasattr(parameter, _ORIGINAL)
+    }
+
+
+def store_frozen_weights_for_training(
+    model: torch.nn.Module, config: Config, keep_originals: bool = False
+) -> int:
     """Cast ``model``'s frozen linear / conv weights to the dtype a training run of ``config``
-    stores them in (:func:`frozen_weights_dtype`), logging it; returns the elements cast."""
+    stores them in (:func:`frozen_weights_dtype`), logging it; returns the elements cast.
+    ``keep_originals``: see :func:`cast_frozen_weights`."""
     dtype = frozen_weights_dtype(config)
     if dtype is None:
         return 0
-    count = cast_frozen_weights(model, dtype)
+    count = cast_frozen_weights(model, dtype, keep_originals)
     logger.info("frozen linear / conv weights stored in %s: %d parameters", dtype, count)
     return count

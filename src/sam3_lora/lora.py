@@ -471,7 +471,10 @@ def merged_state_dict(model: PeftModel) -> dict[str, torch.Tensor]:
 
     if not isinstance(model, PeftModel):
         raise AdapterError("merged_state_dict expects a PEFT model with a LoRA adapter")
+    from sam3_lora.frozen_weights import original_weights
+
     base = model.get_base_model()
+    float_weights = original_weights(base)  # the float base under bf16 frozen weights
     deltas: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         for name, module in base.named_modules():
@@ -486,8 +489,9 @@ def merged_state_dict(model: PeftModel) -> dict[str, torch.Tensor]:
         for key, tensor in base.state_dict().items():
             if ".lora_" in key:
                 continue
+            tensor = float_weights.get(key, tensor)
             key = key.replace(".base_layer.", ".")
             if key in deltas:
-                tensor = tensor + deltas[key].to(tensor.dtype)
+                tensor = tensor + deltas[key].to(device=tensor.device, dtype=tensor.dtype)
             state[key] = tensor.detach().cpu().contiguous()
     return state

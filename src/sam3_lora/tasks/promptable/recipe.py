@@ -115,7 +115,9 @@ def build_promptable_recipe(config: Config, loaded: LoadedModel) -> TaskRecipe:
     (:mod:`sam3_lora.frozen_weights`; ``model.frozen_weights_dtype``)."""
     image_input = image_input_of(loaded, config)
     task = build_promptable_task(config, loaded)
-    store_frozen_weights_for_training(task.network, config)
+    # The sam2_lora layout saves merged models while training: they fold the adapter into the
+    # float base, so the float weights are kept on the CPU beside their bf16 copies.
+    store_frozen_weights_for_training(task.network, config, keep_originals=True)
     train, valid = build_promptable_datasets(config, image_input)
     description = (
         f"{describe_mode(config)}; {len(train)} training images, "
