@@ -140,7 +140,7 @@ def test_disk_cache_is_shared_between_processes_and_removed(
     assert _epoch_losses(task, batches) == pytest.approx(expected, rel=1e-5)
     cache.clear()
     other_task.model.feature_cache.clear()
-    assert not cache.directory.exists()
+    assert not cache.directory.exists() and not cache.directory.parent.exists()
 
 
 def test_disk_cache_of_another_split_is_another_folder(shapes_dir: Path, tmp_path: Path) -> None:

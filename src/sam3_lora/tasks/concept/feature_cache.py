@@ -96,9 +96,10 @@ class VisionFeatureCache:
         for path in self._written:
             path.unlink(missing_ok=True)
         self._written.clear()
-        if self.directory is not None and self.directory.is_dir():
-            with contextlib.suppress(OSError):
-                self.directory.rmdir()  # only when no other process left files in it
+        if self.directory is not None:
+            for folder in (self.directory, self.directory.parent):  # <output_dir>/feature-cache
+                with contextlib.suppress(OSError):
+                    folder.rmdir()  # only when empty: no other process left files in it
 
     def nbytes(self) -> int:
         """Bytes of features stored by this process (memory or disk), position encodings
