@@ -322,17 +322,19 @@ def print_table(results: list[Result]) -> None:
         rows.append(("GFLOP per step", [r.flops_per_step / 1e9 for r in results], "{:.1f}"))
     if first.flop_bound_images_per_s:
         rows.append(("FLOP bound images/s", [r.flop_bound_images_per_s for r in results], "{:.2f}"))
+    higher_is_better = {"images/s", "FLOP bound images/s"}
     for label, values, fmt in rows:
         line = f"{label:<22}" + "".join(f"{fmt.format(v):>12}" for v in values)
-        if len(values) == 2 and values[1]:
-            ratio = values[0] / values[1]
+        if len(values) == 2 and values[0] and values[1]:
+            # Every ratio reads "times better": > 1 when the second variant is faster / smaller.
+            ratio = values[1] / values[0] if label in higher_is_better else values[0] / values[1]
             line += f"{ratio:>11.2f}x"
         print(line)
     if len(results) == 2:
         first, second = results[0].variant, results[1].variant
         print(
-            f"ratio = {first} / {second} (> 1: {second} is faster / smaller, except images/s "
-            "where < 1 is better)"
+            f"ratio: how many times better {second} is than {first} (time and memory: "
+            f"{first} / {second}; images/s: {second} / {first})"
         )
 
 
