@@ -10,7 +10,8 @@
 # Real-size models with random weights (the same cost) in bf16: SAM3 at 1008 px (presets, batch
 # 1-2, 1-16 prompts, checkpointing on / off, QLoRA, torch.compile, decoder-only with the vision
 # cache, inference base / adapter / merged), SAM2.1-large at 1024 px and SAM3's tracker at 1008
-# px (the promptable task's step: first prompt + 7 corrective clicks per object). Commands run
+# px (the promptable task's step: first prompt + 7 corrective clicks per object); the main rows
+# also carry lora-info --memory's prediction beside the measured peak. Commands run
 # in order of importance, each under its own timeout; one starts only when it can end within
 # LIMIT_S of the suite's start (so the suite ends in time), otherwise it is skipped and listed.
 set -u -o pipefail
@@ -31,29 +32,30 @@ SAM2="--model sam2.1-large-size --precision bf16 --steps 5 --json $JSON"
 TRACKER="--model sam3-tracker-size --precision bf16 --steps 5 --json $JSON"
 # "<timeout_s> <script> <args>", most important first.
 COMMANDS=(
-  "150 train_step.py $SAM3 --preset balanced --batch_size 1 --prompts_per_image 1 --compare --flops"
-  "90 train_step.py $SAM3 --preset balanced --batch_size 1 --prompts_per_image 4 --flops"
-  "90 train_step.py $SAM2 --preset sam2_lora --batch_size 1 --prompts_per_image 4"
+  "170 train_step.py $SAM3 --preset balanced --batch_size 1 --prompts_per_image 1 --compare --flops --predict_memory"
+  "110 train_step.py $SAM3 --preset balanced --batch_size 1 --prompts_per_image 4 --flops --predict_memory"
+  "110 train_step.py $SAM2 --preset sam2_lora --batch_size 1 --prompts_per_image 4 --predict_memory"
   "90 train_step.py $SAM3 --preset decoder_only --batch_size 1 --prompts_per_image 4 --cache_vision_features"
   "90 train_step.py $SAM3 --preset decoder_only --batch_size 1 --prompts_per_image 4"
-  "150 train_step.py $SAM3 --preset balanced --batch_size 1 --prompts_per_image 4 --quantization 4bit"
+  "170 train_step.py $SAM3 --preset balanced --batch_size 1 --prompts_per_image 4 --quantization 4bit --predict_memory"
   "120 inference_latency.py --model sam3-size --batch 4 --prompts 8 --repeats 5 --json $JSON"
   "180 train_step.py $SAM3 --preset balanced --batch_size 1 --prompts_per_image 4 --compare_compile"
   "90 train_step.py $SAM2 --preset sam2_lora --batch_size 1 --prompts_per_image 4 --quantization 4bit"
-  "90 train_step.py $TRACKER --preset sam2_lora --batch_size 1 --prompts_per_image 4"
+  "110 train_step.py $TRACKER --preset sam2_lora --batch_size 1 --prompts_per_image 4 --predict_memory"
   "90 train_step.py $SAM3 --preset balanced --batch_size 1 --prompts_per_image 16"
-  "90 train_step.py $SAM3 --preset balanced --batch_size 1 --prompts_per_image 4 --gradient_checkpointing"
+  "110 train_step.py $SAM3 --preset balanced --batch_size 1 --prompts_per_image 4 --gradient_checkpointing --predict_memory"
   "90 train_step.py $SAM3 --preset balanced --batch_size 2 --prompts_per_image 4"
   "90 train_step.py $SAM3 --preset balanced --batch_size 2 --prompts_per_image 4 --gradient_checkpointing"
   "90 train_step.py $SAM3 --preset minimal --batch_size 1 --prompts_per_image 4"
   "90 train_step.py $SAM3 --preset maximum --batch_size 1 --prompts_per_image 4 --gradient_checkpointing"
   "90 train_step.py $SAM3 --preset balanced --batch_size 1 --prompts_per_image 16 --gradient_checkpointing"
+  "110 train_step.py $SAM2 --preset sam2_lora --batch_size 1 --prompts_per_image 4 --gradient_checkpointing --predict_memory"
 )
 # The tiny models' counterparts, run for one step by --dry-run (CPU).
 TINY="--steps 1 --json $JSON"
 DRY_COMMANDS=(
   "300 train_step.py --model tiny --batch_size 1 --prompts_per_image 2 --compare --flops $TINY"
-  "300 train_step.py --model tiny-sam2 --batch_size 1 --prompts_per_image 2 $TINY"
+  "300 train_step.py --model tiny-sam2 --batch_size 1 --prompts_per_image 2 --predict_memory $TINY"
   "300 train_step.py --model tiny --preset decoder_only --batch_size 1 --cache_vision_features $TINY"
   "300 inference_latency.py --model tiny --batch 2 --prompts 2 --repeats 1 --json $JSON"
 )

@@ -20,6 +20,7 @@ from bench_prompt_sharing import make_batch
 from transformers import Sam3Config, Sam3Model
 
 from sam3_lora.config import load_config
+from sam3_lora.frozen_weights import cast_frozen_weights
 from sam3_lora.models import LoadedModel, load_model
 from sam3_lora.quantization import weight_bytes
 from sam3_lora.tasks import get_spec
@@ -164,9 +165,12 @@ def build_bench_task(
     prompts_per_image: int,
     overrides: dict[str, Any],
     device: str = "cpu",
+    frozen_dtype: torch.dtype | None = None,
 ) -> BenchTask:
     """The task of ``preset`` on ``model`` (``overrides``: config keys, e.g.
-    ``training.compile``, ``model.quantization``), in training mode."""
+    ``training.compile``, ``model.quantization``), in training mode; ``frozen_dtype``: the
+    frozen linear / conv weights stored in it, as a training run in that precision stores them
+    (:func:`sam3_lora.frozen_weights.frozen_weights_dtype`)."""
     family = family_of(model)
     quantization = overrides.get("model.quantization", "none")
     loaded, size = load_base(model, resolution, quantization, device)
@@ -175,6 +179,8 @@ def build_bench_task(
         {"model.family": family, "model.name_or_path": MODELS[model][1], **overrides},
     )
     task = loaded.spec.build_task(config, loaded)
+    if frozen_dtype is not None:
+        cast_frozen_weights(task.model.network, frozen_dtype)
     task.model.train()
     network = task.model.network
     base = network.get_base_model() if hasattr(network, "get_base_model") else network

@@ -48,6 +48,7 @@ from bench_prompt_sharing import naive_forward
 from step_models import DEFAULT_PRESETS, MODELS, BenchTask, build_bench_task, family_of
 
 from sam3_lora.config import load_config
+from sam3_lora.frozen_weights import frozen_weights_dtype
 
 PARTS = ("data", "vision", "forward", "loss", "backward", "optimizer")
 
@@ -103,6 +104,7 @@ class Result:
     compile: bool = False
     first_step_ms: float | None = None  # the warm-up step (with compile: compiling included)
     weights_gb: float | None = None  # base + adapters (4-bit weights with their statistics)
+    predicted_peak_memory_gb: float | None = None  # lora-info --memory (--predict_memory)
 
 
 class Timer:
@@ -201,8 +203,9 @@ def peak_tflops(gpu_name: str | None) -> float | None:
     return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in gpu_name), None)
 
 
-def build(args: argparse.Namespace, compile_vision: bool) -> BenchTask:
-    """The benchmark's task on ``args.device`` (compiled or not)."""
+def build(args: argparse.Namespace, compile_vision: bool, precision: str = "fp32") -> BenchTask:
+    """The benchmark's task on ``args.device`` (compiled or not), its frozen weights stored as
+    a training run in ``precision`` stores them."""
     overrides = {**config_overrides(args), "training.compile": compile_vision}
     bench = build_bench_task(
         args.model,
@@ -212,9 +215,41 @@ def build(args: argparse.Namespace, compile_vision: bool) -> BenchTask:
         args.prompts_per_image,
         overrides,
         args.device,
+        frozen_dtype=training_frozen_dtype(args, precision),
     )
     bench.task.model.to(args.device).train()
     return bench
+
+
+def training_frozen_dtype(args: argparse.Namespace, precision: str) -> torch.dtype | None:
+    """The dtype a training run of these flags in ``precision`` stores frozen weights in."""
+    config = load_config(args.preset, config_overrides(args))
+    return frozen_weights_dtype(config, "bf16" if precision == "bf16" else "no")
+
+
+def predicted_peak_gb(args: argparse.Namespace, precision: str) -> float:
+    """``lora-info --memory``'s predicted peak (10^9 bytes) for these flags on a GPU."""
+    from sam3_lora.memory.build import memory_model
+    from sam3_lora.memory.estimate import MemorySettings
+
+    config = load_config(args.preset, config_overrides(args))
+    model, _ = memory_model(config, args.resolution, target="cuda")
+    settings = MemorySettings(
+        args.batch_size,
+        args.prompts_per_image,
+        precision,
+        args.gradient_checkpointing,
+        qlora=args.quantization == "4bit",
+    )
+    return model.estimate(settings).total / 1e9
+
+
+def resident_bytes(bench: BenchTask, optimizer: torch.optim.Optimizer) -> int:
+    """Bytes a run keeps on the device between steps: its weights and optimizer states."""
+    tensors = list(bench.task.model.parameters()) + list(bench.task.model.buffers())
+    tensors += [t for state in optimizer.state.values() for t in state.values()
+                if isinstance(t, torch.Tensor)]  # fmt: skip
+    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 def measure(args: argparse.Namespace, runs: list[tuple[Variant, BenchTask]]) -> list[Result]:
@@ -250,6 +285,12 @@ def measure(args: argparse.Namespace, runs: list[tuple[Variant, BenchTask]]) -> 
                 parts[variant.name].append(totals)
             else:  # the warm-up step (compiling, allocator, lazy init)
                 first_ms[variant.name] = sum(totals.values()) - totals.get("vision", 0.0)
+    # With two models on the GPU (naive fp32 masters beside bf16 frozen weights, or eager beside
+    # compiled) a variant's peak would include the other's weights and AdamW states.
+    others = {
+        variant.name: sum(resident_bytes(b, optimizers[v.name]) for v, b in runs if b is not bench)
+        for variant, bench in runs
+    }
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
     gpu_name = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     peak = peak_tflops(gpu_name)
@@ -279,7 +320,8 @@ def measure(args: argparse.Namespace, runs: list[tuple[Variant, BenchTask]]) -> 
                 gpu_name=gpu_name,
                 images_per_s=args.batch_size / step_ms * 1e3,
                 step_ms=step_ms,
-                peak_memory_gb=(peaks[variant.name] if gpu_name else rss) / 1e9,
+                peak_memory_gb=((peaks[variant.name] - others[variant.name]) if gpu_name else rss)
+                / 1e9,
                 trainable_parameters=sum(p.numel() for p in params),
                 flops_per_step=flops,
                 flop_bound_images_per_s=bound,
@@ -318,13 +360,18 @@ def print_table(results: list[Result]) -> None:
     memory = "peak GB (CUDA)" if first.gpu_name else "peak RSS GB"
     rows.append((memory, [r.peak_memory_gb for r in results], "{:.2f}"))
     rows.append(("weights MB", [(r.weights_gb or 0.0) * 1e3 for r in results], "{:.1f}"))
+    if any(r.predicted_peak_memory_gb for r in results):
+        predicted = [r.predicted_peak_memory_gb for r in results]  # none for the naive
+        rows.append(("predicted peak GB", predicted, "{:.2f}"))
     if first.flops_per_step:
         rows.append(("GFLOP per step", [r.flops_per_step / 1e9 for r in results], "{:.1f}"))
     if first.flop_bound_images_per_s:
         rows.append(("FLOP bound images/s", [r.flop_bound_images_per_s for r in results], "{:.2f}"))
     higher_is_better = {"images/s", "FLOP bound images/s"}
     for label, values, fmt in rows:
-        line = f"{label:<22}" + "".join(f"{fmt.format(v):>12}" for v in values)
+        line = f"{label:<22}" + "".join(
+            f"{fmt.format(v) if v is not None else '-':>12}" for v in values
+        )
         if len(values) == 2 and values[0] and values[1]:
             # Every ratio reads "times better": > 1 when the second variant is faster / smaller.
             ratio = values[1] / values[0] if label in higher_is_better else values[0] / values[1]
@@ -351,6 +398,7 @@ MARKDOWN_COLUMNS = (
     "images_per_s",
     "flop_bound_images_per_s",
     "peak_memory_gb",
+    "predicted_peak_memory_gb",
     "quantization",
     "compile",
     "first_step_ms",
@@ -406,6 +454,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--compare", action="store_true", help="naive vs optimised, interleaved")
     parser.add_argument("--flops", action="store_true", help="count FLOPs (one extra step)")
+    parser.add_argument(
+        "--predict_memory",
+        action="store_true",
+        help="also the peak lora-info --memory predicts (beside the measured one)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="append the rows to this file")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--parse_only", action="store_true", help="check the arguments, exit")
@@ -448,12 +501,20 @@ def main(argv: list[str] | None = None) -> list[Result]:
     if args.compare_compile:
         eager = Variant("eager", precision, True, -1, cuda)
         compiled = Variant("compiled", precision, True, -1, cuda, compile=True)
-        runs = [(eager, build(args, False)), (compiled, build(args, True))]
+        runs = [(eager, build(args, False, precision)), (compiled, build(args, True, precision))]
     else:
-        bench = build(args, args.compile)
+        bench = build(args, args.compile, precision)
         naive = Variant("naive", "fp32", False, None, False)
-        runs = [(naive, bench), (optimised, bench)] if args.compare else [(optimised, bench)]
+        if args.compare:  # the naive run keeps fp32 masters: its own model when they differ
+            cast = training_frozen_dtype(args, precision) is not None
+            runs = [(naive, build(args, False) if cast else bench), (optimised, bench)]
+        else:
+            runs = [(optimised, bench)]
     results = measure(args, runs)
+    if args.predict_memory:
+        for result in results:
+            if result.variant != "naive":  # the estimate models the training step as it runs
+                result.predicted_peak_memory_gb = predicted_peak_gb(args, result.precision)
     print_table(results)
     if args.json:
         rows = json.loads(args.json.read_text()) if args.json.is_file() else []

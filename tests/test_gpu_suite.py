@@ -3,6 +3,7 @@ keys they set), checked on the CPU in one process without measuring anything."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -46,3 +47,26 @@ def test_a_bad_command_line_is_named() -> None:
     assert result.returncode == 1
     assert f"bad suite command: {bad}" in result.stderr
     assert "finetune.mode" in result.stderr
+
+
+def test_a_bf16_step_row_carries_the_prediction_and_trains_as_training_does(
+    tmp_path: Path,
+) -> None:
+    """One tiny bf16 step on the CPU: the benchmark's model stores its frozen weights in bf16
+    (as a bf16 LoRA run does), the naive variant keeps its own fp32 model, and the row has
+    lora-info --memory's prediction beside the measurement."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import train_step
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    output = tmp_path / "rows.json"
+    argv = ["--model", "tiny", "--steps", "1", "--batch_size", "1", "--prompts_per_image", "2"]
+    argv += ["--precision", "bf16", "--compare", "--predict_memory", "--json", str(output)]
+    naive, optimised = train_step.main(argv)
+    assert naive.predicted_peak_memory_gb is None
+    assert optimised.predicted_peak_memory_gb and optimised.predicted_peak_memory_gb > 0
+    assert optimised.weights_gb < 0.6 * naive.weights_gb  # frozen weights in bf16
+    rows = json.loads(output.read_text())
+    assert [r["variant"] for r in rows] == ["naive", "optimised"]
+    assert rows[1]["predicted_peak_memory_gb"] == optimised.predicted_peak_memory_gb
