@@ -81,3 +81,13 @@ def test_quickstart_uses_the_recorded_operating_point() -> None:
     best = max(point["sweep"], key=lambda row: row["giou"])
     assert point["score_threshold"] == best["threshold"]
     assert load_config("quickstart").evaluation.score_threshold == point["score_threshold"]
+
+
+@pytest.mark.parametrize("family", ["sam3", "sam2"])
+def test_attention_runs_through_pytorch_sdpa(family: str) -> None:
+    """The fused attention kernels (SDPA) are what loaded models use, not the eager matmuls."""
+    from sam3_lora.models import load_model
+
+    model = load_model("tiny", family).model
+    assert model.config._attn_implementation == "sdpa"
+    assert model.config.vision_config._attn_implementation == "sdpa"
