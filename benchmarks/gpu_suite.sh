@@ -11,7 +11,9 @@
 # 1-2, 1-16 prompts, checkpointing on / off, QLoRA, torch.compile, decoder-only with the vision
 # cache, inference base / adapter / merged), SAM2.1-large at 1024 px and SAM3's tracker at 1008
 # px (the promptable task's step: first prompt + 7 corrective clicks per object); the main rows
-# also carry lora-info --memory's prediction beside the measured peak. Commands run
+# also carry lora-info --memory's prediction beside the measured peak; SAM3's mask loss on the
+# predicted-mask grid, and at Meta's full target size (--mask_loss full, the config default) for
+# the memory targets. Commands run
 # in order of importance, each under its own timeout; one starts only when it can end within
 # LIMIT_S of the suite's start (so the suite ends in time), otherwise it is skipped and listed.
 set -u -o pipefail
@@ -34,6 +36,7 @@ TRACKER="--model sam3-tracker-size --precision bf16 --steps 5 --json $JSON"
 COMMANDS=(
   "170 train_step.py $SAM3 --preset balanced --batch_size 1 --prompts_per_image 1 --compare --flops --predict_memory"
   "110 train_step.py $SAM3 --preset balanced --batch_size 1 --prompts_per_image 4 --flops --predict_memory"
+  "110 train_step.py $SAM3 --preset balanced --batch_size 1 --prompts_per_image 4 --mask_loss full --predict_memory"
   "110 train_step.py $SAM2 --preset sam2_lora --batch_size 1 --prompts_per_image 4 --predict_memory"
   "90 train_step.py $SAM3 --preset decoder_only --batch_size 1 --prompts_per_image 4 --cache_vision_features"
   "90 train_step.py $SAM3 --preset decoder_only --batch_size 1 --prompts_per_image 4"
@@ -44,6 +47,7 @@ COMMANDS=(
   "110 train_step.py $TRACKER --preset sam2_lora --batch_size 1 --prompts_per_image 4 --predict_memory"
   "90 train_step.py $SAM3 --preset balanced --batch_size 1 --prompts_per_image 16"
   "110 train_step.py $SAM3 --preset balanced --batch_size 1 --prompts_per_image 4 --gradient_checkpointing --predict_memory"
+  "110 train_step.py $SAM3 --preset balanced --batch_size 1 --prompts_per_image 4 --gradient_checkpointing --mask_loss full --predict_memory"
   "90 train_step.py $SAM3 --preset balanced --batch_size 2 --prompts_per_image 4"
   "90 train_step.py $SAM3 --preset balanced --batch_size 2 --prompts_per_image 4 --gradient_checkpointing"
   "90 train_step.py $SAM3 --preset minimal --batch_size 1 --prompts_per_image 4"

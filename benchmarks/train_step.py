@@ -104,6 +104,7 @@ class Result:
     compile: bool = False
     first_step_ms: float | None = None  # the warm-up step (with compile: compiling included)
     weights_gb: float | None = None  # base + adapters (4-bit weights with their statistics)
+    mask_loss_resolution: int | None = None  # concept: the mask-loss grid (None: target size)
     predicted_peak_memory_gb: float | None = None  # lora-info --memory (--predict_memory)
 
 
@@ -227,12 +228,18 @@ def training_frozen_dtype(args: argparse.Namespace, precision: str) -> torch.dty
     return frozen_weights_dtype(config, "bf16" if precision == "bf16" else "no")
 
 
-def predicted_peak_gb(args: argparse.Namespace, precision: str) -> float:
-    """``lora-info --memory``'s predicted peak (10^9 bytes) for these flags on a GPU."""
+def predicted_peak_gb(
+    args: argparse.Namespace, precision: str, mask_loss_resolution: int | None
+) -> float:
+    """``lora-info --memory``'s predicted peak (10^9 bytes) for these flags on a GPU, with the
+    variant's mask-loss grid (``loss.mask_loss_resolution``)."""
     from sam3_lora.memory.build import memory_model
     from sam3_lora.memory.estimate import MemorySettings
 
-    config = load_config(args.preset, config_overrides(args))
+    overrides = config_overrides(args)
+    if family_of(args.model) == "sam3":
+        overrides["loss.mask_loss_resolution"] = mask_loss_resolution
+    config = load_config(args.preset, overrides)
     model, _ = memory_model(config, args.resolution, target="cuda")
     settings = MemorySettings(
         args.batch_size,
@@ -332,6 +339,7 @@ def measure(args: argparse.Namespace, runs: list[tuple[Variant, BenchTask]]) -> 
                 compile=variant.compile,
                 first_step_ms=first_ms[variant.name],
                 weights_gb=bench.weights["total"] / 1e9,
+                mask_loss_resolution=variant.mask_loss_resolution,
             )
         )
     return results
@@ -346,6 +354,11 @@ def print_table(results: list[Result]) -> None:
         f"{'on' if first.gradient_checkpointing else 'off'}, {first.gpu_name or first.device}, "
         f"{first.trainable_parameters / 1e6:.2f} M trainable, base "
         f"{'4-bit' if first.quantization == '4bit' else 'float'}"
+        + (
+            f", mask loss at {first.mask_loss_resolution or 'target size'}"
+            if first.family == "sam3" and first.variant != "naive"
+            else ""
+        )
     )
     print(
         "ms per step (median)  "
@@ -399,6 +412,7 @@ MARKDOWN_COLUMNS = (
     "flop_bound_images_per_s",
     "peak_memory_gb",
     "predicted_peak_memory_gb",
+    "mask_loss_resolution",
     "quantization",
     "compile",
     "first_step_ms",
@@ -455,6 +469,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--compare", action="store_true", help="naive vs optimised, interleaved")
     parser.add_argument("--flops", action="store_true", help="count FLOPs (one extra step)")
     parser.add_argument(
+        "--mask_loss",
+        choices=("grid", "full"),
+        default="grid",
+        help="concept, optimised variant: mask loss on the predicted-mask grid, or at the full "
+        "target size (Meta's; the config default loss.mask_loss_resolution: null)",
+    )
+    parser.add_argument(
         "--predict_memory",
         action="store_true",
         help="also the peak lora-info --memory predicts (beside the measured one)",
@@ -497,10 +518,11 @@ def main(argv: list[str] | None = None) -> list[Result]:
         return []
     cuda = torch.device(args.device).type == "cuda"
     precision = args.precision or ("bf16" if cuda else "fp32")
-    optimised = Variant("optimised", precision, True, -1, cuda, compile=args.compile)
+    grid = -1 if args.mask_loss == "grid" else None  # -1: the predicted-mask side
+    optimised = Variant("optimised", precision, True, grid, cuda, compile=args.compile)
     if args.compare_compile:
-        eager = Variant("eager", precision, True, -1, cuda)
-        compiled = Variant("compiled", precision, True, -1, cuda, compile=True)
+        eager = Variant("eager", precision, True, grid, cuda)
+        compiled = Variant("compiled", precision, True, grid, cuda, compile=True)
         runs = [(eager, build(args, False, precision)), (compiled, build(args, True, precision))]
     else:
         bench = build(args, args.compile, precision)
@@ -514,7 +536,9 @@ def main(argv: list[str] | None = None) -> list[Result]:
     if args.predict_memory:
         for result in results:
             if result.variant != "naive":  # the estimate models the training step as it runs
-                result.predicted_peak_memory_gb = predicted_peak_gb(args, result.precision)
+                result.predicted_peak_memory_gb = predicted_peak_gb(
+                    args, result.precision, result.mask_loss_resolution
+                )
     print_table(results)
     if args.json:
         rows = json.loads(args.json.read_text()) if args.json.is_file() else []
