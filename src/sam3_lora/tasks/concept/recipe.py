@@ -113,27 +113,22 @@ def vision_feature_cache(config: Config, network: torch.nn.Module) -> VisionFeat
         )
     settings = config.training
     transform = ("resize", config.data.resolution)
-    budget = settings.feature_cache_max_gb
+    gigabytes = settings.feature_cache_max_gb
+    budget = None if gigabytes is None else int(gigabytes * 2**30)
     if settings.feature_cache_storage == "disk":
         directory = Path(config.output.output_dir) / "feature-cache" / _cache_name(config)
-        return VisionFeatureCache(
-            transform,
-            max_bytes=None if budget is None else int(budget * 2**30),
-            directory=directory,
-        )
-    if budget is None:
+        return VisionFeatureCache(transform, max_bytes=budget, directory=directory)
+    if budget is None:  # half the memory free now, shared by this machine's processes
         import psutil
 
         processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
-        return VisionFeatureCache(
-            transform, max_bytes=psutil.virtual_memory().available // (2 * processes)
-        )
-    return VisionFeatureCache(transform, max_bytes=int(budget * 2**30))
+        budget = psutil.virtual_memory().available // (2 * processes)
+    return VisionFeatureCache(transform, max_bytes=budget)
 
 
 def _cache_name(config: Config) -> str:
-    """Names the disk cache of one (model, training split, resolution): another model or an
-    edited annotation file never reads these features."""
+    """Names the disk cache of one (model, training split, resolution, precision): another
+    model, an edited annotation file or another precision never reads these features."""
     split = config.data.train
     places = [] if split is None else [split.dir, split.annotation_file, split.images_dir]
     stamps = []
@@ -142,7 +137,10 @@ def _cache_name(config: Config) -> str:
         files = sorted(path.glob("*.json")) if path.is_dir() else [path]
         stamps += [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.is_file()]
     synthetic = config.data.synthetic.model_dump() if config.data.synthetic else None
-    identity = repr((config.model.name_or_path, stamps, synthetic, config.data.resolution))
+    precision = (config.training.mixed_precision, config.model.frozen_weights_dtype)
+    identity = repr(
+        (config.model.name_or_path, stamps, synthetic, config.data.resolution, precision)
+    )
     return hashlib.sha1(identity.encode()).hexdigest()[:12]
 
 
