@@ -302,7 +302,8 @@ check = negatives.verify_negatives(
     ["person", "car", "road", "sky"],
     resolution=224, pool_size=3, seed=0, threshold=0.5, timeout_s=30,
 )
-state = negatives.process_state()
+from sam3_lora.launch import process_state
+state = process_state()
 result = {"rank": state.process_index, "scored": scored,
           "scores": {str(k): v for k, v in check.scores.items()}}
 # One file per process: two processes printing to one pipe can interleave their lines.
@@ -328,3 +329,35 @@ def test_negative_verification_is_split_between_processes(shapes: Path, tmp_path
     caches = list((split / ".sam3-lora").glob("negatives-*.json"))
     assert len(caches) == 1
     assert json.loads(caches[0].read_text())["scores"] == results[0]["scores"]
+
+
+SYNTHETIC_SCRIPT = """
+import json, logging, sys
+from sam3_lora.config import load_config
+from sam3_lora.data.sources import synthetic_root
+from sam3_lora.launch import process_state
+
+logging.basicConfig(level=logging.INFO)
+overrides = {"data.synthetic.output_dir": sys.argv[1], "data.synthetic.num_train": 24,
+             "data.synthetic.num_val": 4, "training.distributed_timeout_s": 60}
+root = synthetic_root(load_config("quickstart", overrides))
+state = process_state()
+files = sorted(p.name for p in (root / "train").iterdir())
+with open(sys.argv[2] + f"/synthetic-{state.process_index}.json", "w") as handle:
+    json.dump(files, handle)
+state.destroy_process_group()
+"""
+
+
+def test_a_synthetic_dataset_is_generated_once_in_a_distributed_launch(tmp_path: Path) -> None:
+    """Every process asks for the quick start's dataset: the main one writes it, the others
+    wait and reuse it (before, both wrote the same folder and one read a half-written file)."""
+    script = tmp_path / "synthetic.py"
+    script.write_text(SYNTHETIC_SCRIPT)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    printed = _run([*command, str(script), str(tmp_path / "shapes"), str(tmp_path)],
+                   tmp_path / "synthetic.log")  # fmt: skip
+    listed = [json.loads((tmp_path / f"synthetic-{rank}.json").read_text()) for rank in (0, 1)]
+    assert listed[0] == listed[1] and len([f for f in listed[0] if f.endswith(".png")]) == 24
+    assert printed.count("Generating synthetic dataset") == 1, printed[-2000:]
+    assert printed.count("Reusing synthetic dataset") == 1, printed[-2000:]

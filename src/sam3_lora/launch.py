@@ -12,6 +12,8 @@ import os
 import subprocess
 import sys
 from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
 
 import torch
 
@@ -62,3 +64,17 @@ def relaunch(num_processes: int, argv: Sequence[str]) -> int:
     """Run ``sam3-lora <argv>`` on ``num_processes`` processes; their exit code."""
     command, env = launch_command(num_processes, argv)
     return subprocess.run(command, env=env, check=False).returncode
+
+
+def process_state(timeout_s: int = 600) -> Any | None:
+    """Accelerate's process state of a distributed launch (created with the training timeout,
+    so the trainer's own setting holds), or None for a single process."""
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
+        return None
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    state = PartialState(
+        cpu=parse_flag_from_env("ACCELERATE_USE_CPU"), timeout=timedelta(seconds=timeout_s)
+    )
+    return state if state.num_processes > 1 else None

@@ -13,6 +13,7 @@ from pathlib import Path
 from sam3_lora.config import Config, SplitSettings
 from sam3_lora.data.coco import ANNOTATION_FILE_NAMES, CocoDataset, find_annotation_file
 from sam3_lora.errors import ConfigError, DatasetError
+from sam3_lora.launch import process_state
 
 SPLIT_KEYS = ("train", "valid", "test")
 
@@ -49,10 +50,20 @@ def synthetic_root(config: Config) -> Path | None:
 
     Every style of ``data.synthetic.style`` is handled: ``plain`` / ``shifted`` shapes
     (:mod:`sam3_lora.data.synthetic`) and ``steel`` defects (:mod:`sam3_lora.data.synthetic_steel`).
+    In a distributed launch the main process generates it while the others wait, then they
+    reuse it (two processes writing one folder would read each other's half-written files).
     """
-    synthetic = config.data.synthetic
-    if synthetic is None:
+    if config.data.synthetic is None:
         return None
+    state = process_state(config.training.distributed_timeout_s)
+    if state is None:
+        return _ensure_synthetic(config)
+    with state.main_process_first():
+        return _ensure_synthetic(config)
+
+
+def _ensure_synthetic(config: Config) -> Path:
+    synthetic = config.data.synthetic
     common = {
         "num_train": synthetic.num_train,
         "num_val": synthetic.num_val,

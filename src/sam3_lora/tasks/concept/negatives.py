@@ -17,11 +17,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from datetime import timedelta
 from typing import Any
 
 import numpy as np
@@ -40,6 +38,7 @@ from sam3_lora.data.negative_cache import (
     write_cache,
 )
 from sam3_lora.data.transforms import SampleTransform, build_transforms
+from sam3_lora.launch import process_state
 from sam3_lora.tasks.concept.module import ConceptModel
 from sam3_lora.tasks.concept.samples import ConceptBatch
 from sam3_lora.tasks.concept.spec import PIXEL_MEAN, PIXEL_STD
@@ -137,20 +136,6 @@ class _Images(Dataset):
 
 def _collate(items: list[tuple[int, torch.Tensor]]) -> tuple[list[int], torch.Tensor]:
     return [i for i, _ in items], torch.stack([p for _, p in items])
-
-
-def process_state(timeout_s: int = 600) -> Any | None:
-    """Accelerate's process state of a distributed launch (created with the training timeout,
-    so the trainer's own setting holds), or None for a single process."""
-    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
-        return None
-    from accelerate import PartialState
-    from accelerate.utils import parse_flag_from_env
-
-    state = PartialState(
-        cpu=parse_flag_from_env("ACCELERATE_USE_CPU"), timeout=timedelta(seconds=timeout_s)
-    )
-    return state if state.num_processes > 1 else None
 
 
 def verify_negatives(
