@@ -18,18 +18,12 @@ Dice on the build's validation split) and the build time.
 from __future__ import annotations
 
 import argparse
-import json
-import logging
-import platform
-import shutil
 import time
 from pathlib import Path
 
-import torch
-
 from sam3_lora.config import Config, validate_config
 from sam3_lora.engine.trainer import Trainer
-from sam3_lora.models import save_model_folder
+from sam3_lora.tasks import tiny_build
 from sam3_lora.tasks.promptable.loss import PromptableLoss
 from sam3_lora.tasks.promptable.module import PromptableModel
 from sam3_lora.tasks.promptable.recipe import MODULE_SETTINGS, build_promptable_datasets
@@ -37,7 +31,6 @@ from sam3_lora.tasks.promptable.spec import ImageInput
 from sam3_lora.tasks.promptable.task import PromptableTask
 from sam3_lora.tasks.promptable.tiny import create_tiny_sam2
 
-BUILD_STYLE = "plain"  # the synthetic shapes the tiny model learns from
 SHIPPED_NAME = "sam3-lora/tiny-sam2"
 
 
@@ -77,31 +70,9 @@ def build_config(args: argparse.Namespace) -> Config:
     return validate_config(
         {
             "model": {"family": "sam2", "name_or_path": "tiny-random"},
-            "training": {
-                "batch_size": args.batch_size,
-                "max_steps": args.steps,
-                "learning_rate": args.learning_rate,
-                "weight_decay": 0.01,
-                "warmup_steps": args.warmup_steps,
-                "lr_scheduler": "cosine",
-                "max_grad_norm": 1.0,
-                "eval_steps": args.eval_steps,
-                "save_steps": args.eval_steps,
-                "save_total_limit": 1,
-                "logging_steps": 50,
-                "num_workers": 0,
-                "seed": args.seed,
-                "eval_at_start": False,
-            },
+            "training": tiny_build.training_settings(args, warmup_steps=args.warmup_steps),
             "data": {
-                "synthetic": {
-                    "output_dir": args.data_dir,
-                    "style": BUILD_STYLE,
-                    "num_train": args.num_train,
-                    "num_val": args.num_val,
-                    "seed": args.seed,
-                    "image_size": args.resolution,
-                },
+                "synthetic": tiny_build.synthetic_settings(args, image_size=args.resolution),
                 "max_prompts_per_image": 8,
             },
             "loss": {
@@ -109,7 +80,7 @@ def build_config(args: argparse.Namespace) -> Config:
                 "gate_masks_by_object_score": args.gate_masks,
             },
             "evaluation": {"batch_size": 16},
-            "output": {"output_dir": args.work_dir, "tensorboard": False},
+            "output": tiny_build.output_settings(args),
         },
         source="build_tiny_sam2",
     )
@@ -117,11 +88,7 @@ def build_config(args: argparse.Namespace) -> Config:
 
 def main() -> None:
     args = parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("accelerate", "matplotlib"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    tiny_build.start_build(args)
     config = build_config(args)
     started = time.perf_counter()
     loaded = create_tiny_sam2(seed=args.seed, resolution=args.resolution)
@@ -133,16 +100,11 @@ def main() -> None:
     task = PromptableTask(module, PromptableLoss(**settings))
     train, valid = build_promptable_datasets(config, ImageInput.from_processor(loaded.processor))
     trainer = Trainer(config, task, train, valid)
-    resume = (Path(args.work_dir) / "checkpoints").is_dir() or None
-    summary = trainer.train(resume=resume)
+    summary = tiny_build.train_resuming(trainer, args)
     build_seconds = time.perf_counter() - started
 
     output = Path(args.output)
-    if output.exists():
-        shutil.rmtree(output)
-    model = trainer.accelerator.unwrap_model(task.model).network.to("cpu", torch.float32)
-    model.config.name_or_path = SHIPPED_NAME
-    save_model_folder(model, loaded.processor, output)
+    model = tiny_build.save_built_model(trainer, loaded.processor, output, SHIPPED_NAME)
     info = {
         "description": "tiny SAM2 (Sam2Model classes, small config) trained from scratch on "
         "synthetic plain shapes with box and click prompts by one run of "
@@ -155,14 +117,9 @@ def main() -> None:
             "prompts": "box: each object's box; point: one click at its centre-most pixel",
             **summary["final_metrics"],
         },
-        "build_seconds": round(build_seconds, 1),
-        "device": str(trainer.accelerator.device),
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
-        "torch": torch.__version__,
-        "args": vars(args),
+        **tiny_build.build_facts(trainer, build_seconds, args),
     }
-    (output / "build_info.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
-    print(json.dumps(info, indent=2))
+    tiny_build.write_build_info(output, info)
 
 
 if __name__ == "__main__":

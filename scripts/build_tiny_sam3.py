@@ -21,13 +21,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import platform
-import shutil
 import time
 from pathlib import Path
 
-import torch
 from transformers import Sam3Model
 
 from sam3_lora.config import validate_config
@@ -35,16 +31,16 @@ from sam3_lora.data.coco import CocoDataset
 from sam3_lora.data.synthetic import generate_shapes_dataset
 from sam3_lora.engine.trainer import Trainer
 from sam3_lora.evaluation.runner import evaluate_dataset
-from sam3_lora.models import save_model_folder
 from sam3_lora.predict.inference import SAM3LoRAInference
+from sam3_lora.tasks import tiny_build
 from sam3_lora.tasks.concept.loss import LossWeights, Sam3ConceptLoss
 from sam3_lora.tasks.concept.module import ConceptModel
 from sam3_lora.tasks.concept.recipe import build_concept_datasets
 from sam3_lora.tasks.concept.task import ConceptTask
 from sam3_lora.tasks.concept.tiny import random_tiny_sam3
 
-BUILD_STYLE = "plain"  # the synthetic shapes the tiny model learns from
 BUILD_IMAGE_SIZE = 256
+SHIPPED_NAME = "sam3-lora/tiny-sam3"
 
 
 def main() -> None:
@@ -87,11 +83,7 @@ def main() -> None:
         "build_info.json",
     )
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("accelerate", "matplotlib"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    tiny_build.start_build(args)
     if args.measure_only:
         record_operating_point(Path(args.output), args)
         return
@@ -99,30 +91,10 @@ def main() -> None:
     config = validate_config(
         {
             "model": {"name_or_path": "tiny-random"},
-            "training": {
-                "batch_size": args.batch_size,
-                "max_steps": args.steps,
-                "learning_rate": args.learning_rate,
-                "weight_decay": 0.01,
-                "warmup_steps": 200,
-                "lr_scheduler": "cosine",
-                "max_grad_norm": 1.0,
-                "eval_steps": args.eval_steps,
-                "save_steps": args.eval_steps,
-                "save_total_limit": 1,
-                "logging_steps": 50,
-                "num_workers": 0,
-                "seed": args.seed,
-                "eval_at_start": False,
-            },
+            "training": tiny_build.training_settings(args, warmup_steps=200),
             "data": {
                 "synthetic": {
-                    "output_dir": args.data_dir,
-                    "style": BUILD_STYLE,
-                    "num_train": args.num_train,
-                    "num_val": args.num_val,
-                    "seed": args.seed,
-                    "image_size": BUILD_IMAGE_SIZE,
+                    **tiny_build.synthetic_settings(args, image_size=BUILD_IMAGE_SIZE),
                     "distractors": args.distractors,
                 },
                 "num_negative_prompts": 1,
@@ -130,7 +102,7 @@ def main() -> None:
             },
             "loss": {"aux_layers": args.aux_layers},
             "evaluation": {"batch_size": 8},
-            "output": {"output_dir": args.work_dir, "tensorboard": False},
+            "output": tiny_build.output_settings(args),
         },
         source="build_tiny_sam3",
     )
@@ -149,16 +121,11 @@ def main() -> None:
     resolution = int(network.config.vision_config.image_size)
     train_dataset, valid_dataset = build_concept_datasets(config, resolution)
     trainer = Trainer(config, task, train_dataset, valid_dataset)
-    resume = (Path(args.work_dir) / "checkpoints").is_dir() or None
-    summary = trainer.train(resume=resume)
+    summary = tiny_build.train_resuming(trainer, args)
     build_seconds = time.perf_counter() - started
 
     output = Path(args.output)
-    if output.exists():
-        shutil.rmtree(output)
-    model = trainer.accelerator.unwrap_model(task.model).network.to("cpu", torch.float32)
-    model.config.name_or_path = "sam3-lora/tiny-sam3"
-    save_model_folder(model, processor, output)
+    model = tiny_build.save_built_model(trainer, processor, output, SHIPPED_NAME)
     info = {
         "description": "tiny SAM3 (Sam3Model classes, small config) trained from scratch on "
         "synthetic shapes by one run of scripts/build_tiny_sam3.py",
@@ -167,16 +134,11 @@ def main() -> None:
         "steps": summary["steps"],
         "images_seen": trainer.state.images_seen,
         "validation": summary["final_metrics"],
-        "build_seconds": round(build_seconds, 1),
-        "device": str(trainer.accelerator.device),
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
-        "torch": torch.__version__,
-        "args": vars(args),
+        **tiny_build.build_facts(trainer, build_seconds, args),
         "init_from_build_info": _read_build_info(args.init_from),
     }
     info["operating_point"] = measure_operating_point(output, Path(args.data_dir) / "valid")
-    (output / "build_info.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
-    print(json.dumps(info, indent=2))
+    tiny_build.write_build_info(output, info)
 
 
 def measure_operating_point(model_dir: Path, valid_dir: Path) -> dict:
@@ -210,7 +172,7 @@ def record_operating_point(output: Path, args: argparse.Namespace) -> None:
         num_train=1,
         num_val=built["num_val"],
         seed=built["seed"],
-        style=BUILD_STYLE,
+        style=tiny_build.BUILD_STYLE,
         image_size=BUILD_IMAGE_SIZE,
         distractors=tuple(built.get("distractors", ())),
         progress=False,

@@ -30,6 +30,7 @@ import inspect
 import json
 import logging
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,21 @@ class ShapeInstance:
     full_area: int  # pixels before occlusion
 
 
+#: Draws one image from its generator: uint8 ``[H, W, 3]`` pixels and its instances, bottom first.
+DrawImage = Callable[[np.random.Generator], tuple[np.ndarray, list[ShapeInstance]]]
+
+
+@dataclass(frozen=True)
+class SyntheticLayout:
+    """How one synthetic generator seeds, names, draws and describes its images."""
+
+    style_id: int  # second entry of every image's seed sequence
+    file_prefix: str  # images are ``<file_prefix>_<index:05d>.png``
+    description: str  # the COCO ``info.description``
+    categories: list[dict[str, Any]]
+    draw: DrawImage
+
+
 def generate_shapes_dataset(
     output_dir: str | Path,
     num_train: int = 200,
@@ -119,50 +135,77 @@ def generate_shapes_dataset(
     )
     size_range = tuple(params["size_range"])
     distractors = tuple(params.get("distractors", ()))
-    output_dir = Path(output_dir)
+    layout = SyntheticLayout(
+        style_id=STYLES.index(style),
+        file_prefix="shapes",
+        description=f"sam3-lora synthetic shapes (style={style}, seed={seed})",
+        categories=coco_categories(SHAPES_BY_STYLE[style], "shape"),
+        draw=lambda rng: draw_shapes_image(
+            rng, style, image_size, shapes_per_image, size_range, distractors
+        ),
+    )
+    return write_synthetic_dataset(Path(output_dir), params, layout, progress)
+
+
+def coco_categories(names: tuple[str, ...], supercategory: str) -> list[dict[str, Any]]:
+    """COCO categories for ``names``, with ids from 1 in order."""
+    return [
+        {"id": i, "name": name, "supercategory": supercategory}
+        for i, name in enumerate(names, start=1)
+    ]
+
+
+def write_synthetic_dataset(
+    output_dir: Path, params: dict[str, Any], layout: SyntheticLayout, progress: bool = True
+) -> Path:
+    """Write a synthetic dataset of ``params`` (checked) into ``output_dir`` and return it.
+
+    ``train/`` and ``valid/`` get ``params["num_train"]`` and ``params["num_val"]`` images and
+    their ``_annotations.coco.json``; ``synth_params.json`` records ``params``. Image ``index``
+    of split ``s`` is drawn from ``default_rng([seed, layout.style_id, s, index])``.
+    """
     _prepare_output_dir(output_dir)
     # Written first as incomplete, so an interrupted run is still recognised as ours.
     _write_params(output_dir, {**params, "complete": False})
-
-    categories = [
-        {"id": i, "name": name, "supercategory": "shape"}
-        for i, name in enumerate(SHAPES_BY_STYLE[style], start=1)
-    ]
-    category_ids = {c["name"]: c["id"] for c in categories}
-    counts = {"train": num_train, "valid": num_val}
-    bar = tqdm(total=num_train + num_val, desc=f"synth {style}", disable=not progress)
+    counts = {"train": params["num_train"], "valid": params["num_val"]}
+    bar = tqdm(total=sum(counts.values()), desc=f"synth {params['style']}", disable=not progress)
     for split_index, split in enumerate(SPLITS):
         split_dir = output_dir / split
         split_dir.mkdir(parents=True)
-        images, annotations = [], []
-        for index in range(counts[split]):
-            rng = np.random.default_rng([seed, STYLES.index(style), split_index, index])
-            pixels, instances = draw_shapes_image(
-                rng, style, image_size, shapes_per_image, size_range, distractors
-            )
-            file_name = f"shapes_{index:05d}.png"
-            Image.fromarray(pixels).save(split_dir / file_name, compress_level=1)
-            images.append(
-                {"id": index, "file_name": file_name, "width": image_size, "height": image_size}
-            )
-            for instance in instances:
-                if instance.category not in category_ids:
-                    continue  # a distractor
-                annotations.append(
-                    _coco_annotation(len(annotations), index, category_ids, instance)
-                )
-            bar.update()
-        coco = {
-            "info": {"description": f"sam3-lora synthetic shapes (style={style}, seed={seed})"},
-            "images": images,
-            "annotations": annotations,
-            "categories": categories,
-        }
+        split_key = [params["seed"], layout.style_id, split_index]
+        coco = _write_split_images(split_dir, split_key, counts[split], layout, bar)
         write_json(split_dir / ANNOTATION_FILE, coco)
-        logger.info("Wrote %d images, %d instances to %s", len(images), len(annotations), split_dir)
+        images, annotations = len(coco["images"]), len(coco["annotations"])
+        logger.info("Wrote %d images, %d instances to %s", images, annotations, split_dir)
     bar.close()
     _write_params(output_dir, {**params, "complete": True})
     return output_dir
+
+
+def _write_split_images(
+    split_dir: Path, split_key: list[int], count: int, layout: SyntheticLayout, bar: tqdm
+) -> dict[str, Any]:
+    """Draw and save ``count`` images, each from ``split_key + [index]``; return their COCO dict."""
+    category_ids = {c["name"]: c["id"] for c in layout.categories}
+    images, annotations = [], []
+    for index in range(count):
+        pixels, instances = layout.draw(np.random.default_rng([*split_key, index]))
+        file_name = f"{layout.file_prefix}_{index:05d}.png"
+        Image.fromarray(pixels).save(split_dir / file_name, compress_level=1)
+        height, width = pixels.shape[:2]
+        images.append({"id": index, "file_name": file_name, "width": width, "height": height})
+        for instance in instances:
+            if instance.category in category_ids:  # distractors are not annotated
+                annotations.append(
+                    _coco_annotation(len(annotations), index, category_ids, instance)
+                )
+        bar.update()
+    return {
+        "info": {"description": layout.description},
+        "images": images,
+        "annotations": annotations,
+        "categories": layout.categories,
+    }
 
 
 def ensure_shapes_dataset(output_dir: str | Path, **kwargs: Any) -> Path:

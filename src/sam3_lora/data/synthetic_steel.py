@@ -22,17 +22,13 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
-from tqdm import tqdm
 
-from sam3_lora.data.jsonio import write_json
 from sam3_lora.data.synthetic import (
-    ANNOTATION_FILE,
-    SPLITS,
     ShapeInstance,
-    _coco_annotation,
+    SyntheticLayout,
     _is_complete,
-    _prepare_output_dir,
-    _write_params,
+    coco_categories,
+    write_synthetic_dataset,
 )
 from sam3_lora.errors import ConfigError
 
@@ -62,44 +58,14 @@ def generate_steel_dataset(
     is refused.
     """
     params = _check_params(num_train, num_val, seed, image_size, defects_per_image)
-    output_dir = Path(output_dir)
-    _prepare_output_dir(output_dir)
-    _write_params(output_dir, {**params, "complete": False})
-    categories = [
-        {"id": i, "name": name, "supercategory": "defect"}
-        for i, name in enumerate(CATEGORIES, start=1)
-    ]
-    category_ids = {c["name"]: c["id"] for c in categories}
-    counts = {"train": num_train, "valid": num_val}
-    bar = tqdm(total=num_train + num_val, desc=f"synth {STYLE}", disable=not progress)
-    for split_index, split in enumerate(SPLITS):
-        split_dir = output_dir / split
-        split_dir.mkdir(parents=True)
-        images, annotations = [], []
-        for index in range(counts[split]):
-            rng = np.random.default_rng([seed, STYLE_ID, split_index, index])
-            pixels, instances = draw_steel_image(rng, image_size, defects_per_image)
-            file_name = f"steel_{index:05d}.png"
-            Image.fromarray(pixels).save(split_dir / file_name, compress_level=1)
-            images.append(
-                {"id": index, "file_name": file_name, "width": image_size, "height": image_size}
-            )
-            for instance in instances:
-                annotations.append(
-                    _coco_annotation(len(annotations), index, category_ids, instance)
-                )
-            bar.update()
-        coco = {
-            "info": {"description": f"sam3-lora synthetic steel defects (seed={seed})"},
-            "images": images,
-            "annotations": annotations,
-            "categories": categories,
-        }
-        write_json(split_dir / ANNOTATION_FILE, coco)
-        logger.info("Wrote %d images, %d defects to %s", len(images), len(annotations), split_dir)
-    bar.close()
-    _write_params(output_dir, {**params, "complete": True})
-    return output_dir
+    layout = SyntheticLayout(
+        style_id=STYLE_ID,
+        file_prefix="steel",
+        description=f"sam3-lora synthetic steel defects (seed={seed})",
+        categories=coco_categories(CATEGORIES, "defect"),
+        draw=lambda rng: draw_steel_image(rng, image_size, defects_per_image),
+    )
+    return write_synthetic_dataset(Path(output_dir), params, layout, progress)
 
 
 def ensure_steel_dataset(output_dir: str | Path, progress: bool = True, **kwargs: object) -> Path:

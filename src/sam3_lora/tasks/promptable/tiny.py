@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 from transformers import (
+    PretrainedConfig,
+    PreTrainedModel,
     Sam2Config,
     Sam2ImageProcessor,
     Sam2Model,
@@ -117,11 +119,7 @@ def tiny_sam2_processor(resolution: int = 128) -> Sam2Processor:
 
 def create_tiny_sam2(seed: int = 0, resolution: int = 128) -> LoadedModel:
     """A randomly initialised tiny ``Sam2Model`` (eval mode) and its processor."""
-    config = tiny_sam2_config(resolution)
-    torch.manual_seed(seed)
-    model = Sam2Model(config)
-    model.config.name_or_path = model.name_or_path = "tiny-random-sam2"
-    model.eval()
+    model = _random_model(Sam2Model, tiny_sam2_config(resolution), seed, "tiny-random-sam2")
     return LoadedModel(
         model=model,
         processor=tiny_sam2_processor(resolution),
@@ -191,13 +189,20 @@ def tiny_sam3_tracker_processor(resolution: int = 112) -> Sam3TrackerProcessor:
 def create_tiny_sam3_tracker(seed: int = 0, resolution: int = 112) -> LoadedModel:
     """A randomly initialised tiny ``Sam3TrackerModel`` (eval mode) and its processor."""
     config = tiny_sam3_tracker_config(resolution)
-    torch.manual_seed(seed)
-    model = Sam3TrackerModel(config)
-    model.config.name_or_path = model.name_or_path = "tiny-random-sam3-tracker"
-    model.eval()
+    model = _random_model(Sam3TrackerModel, config, seed, "tiny-random-sam3-tracker")
     return LoadedModel(
         model=model,
         processor=tiny_sam3_tracker_processor(resolution),
         source="tiny-random",
         spec=SAM3_TRACKER_SPEC,
     )
+
+
+def _random_model(
+    model_class: type[PreTrainedModel], config: PretrainedConfig, seed: int, name: str
+) -> PreTrainedModel:
+    """``model_class(config)`` initialised from ``seed``, named ``name``, in eval mode."""
+    torch.manual_seed(seed)
+    model = model_class(config)
+    model.config.name_or_path = model.name_or_path = name
+    return model.eval()
