@@ -1,6 +1,6 @@
 """Reports of the promptable evaluation: ``metrics.json``, ``report.md``, a self-contained
-``report.html`` with a worst-first gallery, and the console tables. Built from the pieces of
-:mod:`sam3_lora.evaluation.report` (tables, gallery sheets, page style)."""
+``report.html`` with a worst-first gallery, and the console tables. Built from the shared
+pieces of :mod:`sam3_lora.evaluation.report_page`."""
 
 from __future__ import annotations
 
@@ -13,16 +13,15 @@ from PIL import Image
 from rich.table import Table
 
 from sam3_lora.data.coco import CocoDataset
-from sam3_lora.data.jsonio import write_json
 from sam3_lora.evaluation.promptable import PROMPT_KINDS, SCORES, PromptableRun
-from sam3_lora.evaluation.report import (
-    _STYLE,
+from sam3_lora.evaluation.report_page import (
+    STYLE,
     GalleryItem,
-    _diff,
-    _fmt,
-    _html_table,
-    _json_safe,
-    _markdown_table,
+    format_difference,
+    format_value,
+    html_table,
+    markdown_table,
+    write_metrics,
 )
 from sam3_lora.evaluation.vocabulary import METRICS, PROMPTABLE_METRICS
 from sam3_lora.predict.visualize import draw_predictions, png_data_uri, side_by_side
@@ -37,10 +36,10 @@ def overall_rows(metrics: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     header = ["metric", *models] + (["adapter − base"] if "difference" in metrics else [])
     rows = []
     for key in (*OVERALL, "instances"):
-        row = [key, *(_fmt(models[m]["overall"].get(key, float("nan"))) for m in models)]
+        row = [key, *(format_value(models[m]["overall"].get(key, float("nan"))) for m in models)]
         if "difference" in metrics:
             difference = metrics["difference"].get(key)
-            row.append("" if difference is None else _diff(difference, key))
+            row.append("" if difference is None else format_difference(difference, key))
         rows.append(row)
     return header, rows
 
@@ -63,7 +62,7 @@ def category_rows(
     for name, values in first.items():
         row = [name, str(values["instances"])]
         for key in keys:
-            cells = [_fmt(models[m]["per_category"][name][key]) for m in models]
+            cells = [format_value(models[m]["per_category"][name][key]) for m in models]
             row.extend([" / ".join(cells)] if compact else cells)
         rows.append(row)
     return header, rows
@@ -151,8 +150,7 @@ def write_reports(
 ) -> dict[str, Path]:
     """Write ``metrics.json``, ``report.md`` and ``report.html``; returns their paths."""
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    files = {"metrics.json": write_json(output_dir / "metrics.json", _json_safe(metrics), indent=2)}
+    files = {"metrics.json": write_metrics(metrics, output_dir)}
     overall, categories = overall_rows(metrics), category_rows(metrics)
     intro = [
         f"dataset: {metrics['dataset']} ({metrics.get('split', '')}), {metrics['num_images']} "
@@ -172,11 +170,11 @@ def write_reports(
         "",
         "## Overall",
         "",
-        _markdown_table(*overall),
+        markdown_table(*overall),
         "",
         "## Per category",
         "",
-        _markdown_table(*categories),
+        markdown_table(*categories),
         "",
         "Per instance: instances.csv. Metric definitions:",
         "",
@@ -193,13 +191,13 @@ def write_reports(
     )
     page = (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-        f"<title>sam3-lora evaluation</title><style>{_STYLE}</style></head><body>"
+        f"<title>sam3-lora evaluation</title><style>{STYLE}</style></head><body>"
         "<h1>Evaluation report</h1><ul>"
         + "".join(f"<li>{html.escape(line)}</li>" for line in intro)
         + "</ul><h2>Overall</h2>"
-        + _html_table(*overall)
+        + html_table(*overall)
         + "<h2>Per category</h2>"
-        + _html_table(*categories)
+        + html_table(*categories)
         + "<h2>Worst images first</h2>"
         + (figures or "<p>no images</p>")
         + "<h2>Metrics</h2><ul>"

@@ -9,8 +9,6 @@ prompts, absent categories included), ground truth / base / adapter side by side
 from __future__ import annotations
 
 import html
-import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,8 +16,15 @@ import numpy as np
 from PIL import Image
 from rich.table import Table
 
-from sam3_lora.data.jsonio import write_json
-from sam3_lora.evaluation.vocabulary import LOWER_IS_BETTER
+from sam3_lora.evaluation.report_page import (
+    STYLE,
+    GalleryItem,
+    format_difference,
+    format_value,
+    html_table,
+    markdown_table,
+    write_metrics,
+)
 from sam3_lora.predict.visualize import draw_predictions, png_data_uri, side_by_side
 
 if TYPE_CHECKING:
@@ -62,28 +67,6 @@ GALLERY_PNG = "gallery.png"
 GALLERY_PNG_ROWS = 4
 
 
-@dataclass
-class GalleryItem:
-    """One gallery row: a side-by-side sheet and what it shows."""
-
-    title: str
-    sheet: Image.Image
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return "n/a" if math.isnan(value) else f"{value:.3f}"
-    return str(value)
-
-
-def _diff(value: float, key: str) -> str:
-    if isinstance(value, float) and math.isnan(value):
-        return "n/a"
-    better = value < 0 if key in LOWER_IS_BETTER else value > 0
-    sign = "+" if value >= 0 else ""
-    return f"{sign}{value:.3f}" + (" ▲" if better and abs(value) > 1e-9 else "")
-
-
 def overall_rows(metrics: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the overall table: metric, each model, and the difference."""
     models = metrics["models"]
@@ -92,9 +75,9 @@ def overall_rows(metrics: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         header.append("adapter − base")
     rows = []
     for key in HEADLINE:
-        row = [key, *(_fmt(models[m]["overall"].get(key, float("nan"))) for m in models)]
+        row = [key, *(format_value(models[m]["overall"].get(key, float("nan"))) for m in models)]
         if "difference" in metrics:
-            row.append(_diff(metrics["difference"].get(key, float("nan")), key))
+            row.append(format_difference(metrics["difference"].get(key, float("nan")), key))
         rows.append(row)
     return header, rows
 
@@ -112,7 +95,7 @@ def category_rows(
     for name, values in first.items():
         row = [name, str(values["images_with_gt"])]
         for key in keys:
-            row.extend(_fmt(models[m]["per_category"][name][key]) for m in models)
+            row.extend(format_value(models[m]["per_category"][name][key]) for m in models)
         rows.append(row)
     return header, rows
 
@@ -146,7 +129,7 @@ def sweep_rows(
         for key in keys:
             cells = []
             for block in models.values():
-                cell = _fmt(block["threshold_sweep"][index][key])
+                cell = format_value(block["threshold_sweep"][index][key])
                 best = block.get("best_threshold") or {}
                 if key == "cgF1" and best.get("threshold") == threshold:
                     cell += "*"
@@ -281,36 +264,11 @@ def stack_sheets(sheets: list[Image.Image], gap: int = 6) -> Image.Image:
     return page
 
 
-def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines.extend("| " + " | ".join(row) + " |" for row in rows)
-    return "\n".join(lines)
-
-
-def _html_table(header: list[str], rows: list[list[str]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>" for row in rows
-    )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
 def _describe_models(metrics: dict[str, Any]) -> list[str]:
     return [
         f"{name}: {block['source']} ({block['seconds']} s, {block['images_per_second']} img/s)"
         for name, block in metrics["models"].items()
     ]
-
-
-_STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
-table { border-collapse: collapse; margin: 1em 0; font-size: 14px; }
-th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: right; }
-th:first-child, td:first-child { text-align: left; }
-thead { background: #f0f0f0; }
-figure { margin: 1em 0; } figcaption { font-size: 13px; color: #555; }
-img { max-width: 100%; border: 1px solid #ddd; }
-"""
 
 
 def write_reports(
@@ -325,9 +283,7 @@ def write_reports(
     from sam3_lora.evaluation.retention import concept_rows, retention_html, retention_title
 
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    files = {"metrics.json": output_dir / "metrics.json"}
-    write_json(files["metrics.json"], _json_safe(metrics), indent=2)
+    files = {"metrics.json": write_metrics(metrics, output_dir)}
     if gallery:
         files[GALLERY_PNG] = output_dir / GALLERY_PNG
         stack_sheets([item.sheet for item in gallery[:GALLERY_PNG_ROWS]]).save(files[GALLERY_PNG])
@@ -358,11 +314,11 @@ def write_reports(
         "",
         "## Overall",
         "",
-        _markdown_table(*overall),
+        markdown_table(*overall),
         "",
         "## Per category",
         "",
-        _markdown_table(*categories),
+        markdown_table(*categories),
         "",
         *(
             [
@@ -370,7 +326,7 @@ def write_reports(
                 "",
                 *[f"- {line}" for line in best],
                 "",
-                _markdown_table(*sweep),
+                markdown_table(*sweep),
                 "",
                 f"![metrics by score threshold]({SWEEP_PLOT})",
                 "",
@@ -379,7 +335,7 @@ def write_reports(
             else []
         ),
         *(
-            ["## Retention", "", retention_title(metrics), "", _markdown_table(*retention), ""]
+            ["## Retention", "", retention_title(metrics), "", markdown_table(*retention), ""]
             if retention[1]
             else []
         ),
@@ -401,13 +357,13 @@ def write_reports(
     )
     page = (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-        f"<title>sam3-lora evaluation</title><style>{_STYLE}</style></head><body>"
+        f"<title>sam3-lora evaluation</title><style>{STYLE}</style></head><body>"
         "<h1>Evaluation report</h1><ul>"
         + "".join(f"<li>{html.escape(line)}</li>" for line in intro)
         + "</ul><h2>Overall</h2>"
-        + _html_table(*overall)
+        + html_table(*overall)
         + "<h2>Per category</h2>"
-        + _html_table(*categories)
+        + html_table(*categories)
         + (_sweep_html(best, sweep, plot) if sweep[0] else "")
         + "<h2>Worst images first</h2>"
         + (figures or "<p>no images</p>")
@@ -428,20 +384,7 @@ def _sweep_html(
             uri = png_data_uri(picture)
         image = f'<figure><img alt="metrics by score threshold" src="{uri}"></figure>'
     lines = "".join(f"<li>{html.escape(line)}</li>" for line in best)
-    return f"<h2>By score threshold</h2><ul>{lines}</ul>{_html_table(*sweep)}{image}"
-
-
-def _json_safe(value: Any) -> Any:
-    """NaN -> None, numpy scalars -> Python, int dict keys -> str (strict JSON)."""
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+    return f"<h2>By score threshold</h2><ul>{lines}</ul>{html_table(*sweep)}{image}"
 
 
 __all__ = ["GalleryItem", "comparison_tables", "render_gallery", "write_reports"]

@@ -1,0 +1,105 @@
+"""What the two evaluation reports share: SAM3's (:mod:`sam3_lora.evaluation.report`) and the
+promptable SAM2 / SAM3-tracker one (:mod:`sam3_lora.evaluation.promptable_report`).
+
+Cell formatting, markdown and HTML tables, the inline page style, gallery rows, and strict
+``metrics.json``. Each report module keeps its own metrics, sections and gallery.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from sam3_lora.data.jsonio import write_json
+from sam3_lora.evaluation.vocabulary import LOWER_IS_BETTER
+
+#: A table: its header and its rows of cells.
+Rows = tuple[list[str], list[list[str]]]
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 14px; }
+th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+thead { background: #f0f0f0; }
+figure { margin: 1em 0; } figcaption { font-size: 13px; color: #555; }
+img { max-width: 100%; border: 1px solid #ddd; }
+"""
+
+
+@dataclass
+class GalleryItem:
+    """One gallery row: a side-by-side sheet and what it shows."""
+
+    title: str
+    sheet: Image.Image
+
+
+def format_value(value: Any) -> str:
+    """A table cell: floats to three decimals (NaN as ``n/a``), anything else as text."""
+    if isinstance(value, float):
+        return "n/a" if math.isnan(value) else f"{value:.3f}"
+    return str(value)
+
+
+def format_difference(value: float, key: str) -> str:
+    """A signed difference, marked ``▲`` where it is an improvement of metric ``key``."""
+    if isinstance(value, float) and math.isnan(value):
+        return "n/a"
+    better = value < 0 if key in LOWER_IS_BETTER else value > 0
+    sign = "+" if value >= 0 else ""
+    return f"{sign}{value:.3f}" + (" ▲" if better and abs(value) > 1e-9 else "")
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """A GitHub-flavoured markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines.extend("| " + " | ".join(row) + " |" for row in rows)
+    return "\n".join(lines)
+
+
+def html_table(header: list[str], rows: list[list[str]]) -> str:
+    """An HTML table, every cell escaped."""
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>" for row in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def json_safe(value: Any) -> Any:
+    """NaN -> None, numpy scalars -> Python, int dict keys -> str (strict JSON)."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_metrics(metrics: dict[str, Any], output_dir: Path) -> Path:
+    """Create ``output_dir`` and write ``metrics.json`` there as strict JSON; returns its path."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    return write_json(output_dir / "metrics.json", json_safe(metrics), indent=2)
+
+
+__all__ = [
+    "STYLE",
+    "GalleryItem",
+    "Rows",
+    "format_difference",
+    "format_value",
+    "html_table",
+    "json_safe",
+    "markdown_table",
+    "write_metrics",
+]
