@@ -17,10 +17,11 @@ from sam3_lora.evaluation.promptable import PROMPT_KINDS, SCORES, PromptableRun
 from sam3_lora.evaluation.report_page import (
     STYLE,
     GalleryItem,
-    format_difference,
-    format_value,
+    Rows,
+    category_comparison,
     html_table,
     markdown_table,
+    overall_comparison,
     write_metrics,
 )
 from sam3_lora.evaluation.vocabulary import METRICS, PROMPTABLE_METRICS
@@ -30,42 +31,17 @@ OVERALL = tuple(f"{prefix}{score}" for _, _, prefix in PROMPT_KINDS.values() for
 PER_CATEGORY = ("miou", "dice", "point_miou", "points3_miou")
 
 
-def overall_rows(metrics: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+def overall_rows(metrics: dict[str, Any]) -> Rows:
     """Metric, each model, and the difference (adapter - base)."""
-    models = metrics["models"]
-    header = ["metric", *models] + (["adapter − base"] if "difference" in metrics else [])
-    rows = []
-    for key in (*OVERALL, "instances"):
-        row = [key, *(format_value(models[m]["overall"].get(key, float("nan"))) for m in models)]
-        if "difference" in metrics:
-            difference = metrics["difference"].get(key)
-            row.append("" if difference is None else format_difference(difference, key))
-        rows.append(row)
-    return header, rows
+    return overall_comparison(metrics, (*OVERALL, "instances"), missing="")
 
 
 def category_rows(
     metrics: dict[str, Any], keys: tuple[str, ...] = PER_CATEGORY, compact: bool = False
-) -> tuple[list[str], list[list[str]]]:
+) -> Rows:
     """Per category: instances and each metric of every model side by side (``compact``: the
     models' values of a metric in one cell, ``base / adapter``, for narrow consoles)."""
-    models = metrics["models"]
-    names = " / ".join(models)
-    header = ["category", "instances"]
-    for key in keys:
-        if compact and len(models) > 1:
-            header.append(f"{key} ({names})")
-        else:
-            header.extend(f"{key} ({m})" if len(models) > 1 else key for m in models)
-    rows = []
-    first = next(iter(models.values()))["per_category"]
-    for name, values in first.items():
-        row = [name, str(values["instances"])]
-        for key in keys:
-            cells = [format_value(models[m]["per_category"][name][key]) for m in models]
-            row.extend([" / ".join(cells)] if compact else cells)
-        rows.append(row)
-    return header, rows
+    return category_comparison(metrics, keys, ("instances", "instances"), compact)
 
 
 def comparison_tables(metrics: dict[str, Any]) -> list[Table]:

@@ -19,10 +19,14 @@ from rich.table import Table
 from sam3_lora.evaluation.report_page import (
     STYLE,
     GalleryItem,
-    format_difference,
+    Rows,
+    category_comparison,
     format_value,
     html_table,
     markdown_table,
+    model_cells,
+    model_columns,
+    overall_comparison,
     write_metrics,
 )
 from sam3_lora.predict.visualize import draw_predictions, png_data_uri, side_by_side
@@ -67,37 +71,14 @@ GALLERY_PNG = "gallery.png"
 GALLERY_PNG_ROWS = 4
 
 
-def overall_rows(metrics: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+def overall_rows(metrics: dict[str, Any]) -> Rows:
     """Header and rows of the overall table: metric, each model, and the difference."""
-    models = metrics["models"]
-    header = ["metric", *models]
-    if "difference" in metrics:
-        header.append("adapter − base")
-    rows = []
-    for key in HEADLINE:
-        row = [key, *(format_value(models[m]["overall"].get(key, float("nan"))) for m in models)]
-        if "difference" in metrics:
-            row.append(format_difference(metrics["difference"].get(key, float("nan")), key))
-        rows.append(row)
-    return header, rows
+    return overall_comparison(metrics, HEADLINE)
 
 
-def category_rows(
-    metrics: dict[str, Any], keys: tuple[str, ...] = PER_CATEGORY
-) -> tuple[list[str], list[list[str]]]:
+def category_rows(metrics: dict[str, Any], keys: tuple[str, ...] = PER_CATEGORY) -> Rows:
     """Header and rows of the per-category table (every model's numbers side by side)."""
-    models = metrics["models"]
-    header = ["category", "images"]
-    for key in keys:
-        header.extend(f"{key} ({m})" if len(models) > 1 else key for m in models)
-    rows = []
-    first = next(iter(models.values()))["per_category"]
-    for name, values in first.items():
-        row = [name, str(values["images_with_gt"])]
-        for key in keys:
-            row.extend(format_value(models[m]["per_category"][name][key]) for m in models)
-        rows.append(row)
-    return header, rows
+    return category_comparison(metrics, keys, ("images", "images_with_gt"))
 
 
 def _swept_models(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -106,7 +87,7 @@ def _swept_models(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def sweep_rows(
     metrics: dict[str, Any], keys: tuple[str, ...] = SWEEP_COLUMNS, compact: bool = False
-) -> tuple[list[str], list[list[str]]]:
+) -> Rows:
     """Header and rows of the score-threshold sweep: one row per threshold, models side by side.
 
     The best-cgF1 threshold of each model is marked with ``*``. ``compact`` puts every model's
@@ -115,13 +96,7 @@ def sweep_rows(
     models = _swept_models(metrics)
     if not models:
         return [], []
-    names = " / ".join(models)
-    header = ["threshold"]
-    for key in keys:
-        if compact and len(models) > 1:
-            header.append(f"{key} ({names})")
-        else:
-            header.extend(f"{key} ({m})" if len(models) > 1 else key for m in models)
+    header = ["threshold", *model_columns(keys, models, compact)]
     thresholds = [row["threshold"] for row in next(iter(models.values()))["threshold_sweep"]]
     rows = []
     for index, threshold in enumerate(thresholds):
@@ -134,7 +109,7 @@ def sweep_rows(
                 if key == "cgF1" and best.get("threshold") == threshold:
                     cell += "*"
                 cells.append(cell)
-            row.extend([" / ".join(cells)] if compact else cells)
+            row.extend(model_cells(cells, compact))
         rows.append(row)
     return header, rows
 
@@ -375,9 +350,7 @@ def write_reports(
     return files
 
 
-def _sweep_html(
-    best: list[str], sweep: tuple[list[str], list[list[str]]], plot: Path | None
-) -> str:
+def _sweep_html(best: list[str], sweep: Rows, plot: Path | None) -> str:
     image = ""
     if plot is not None:
         with Image.open(plot) as picture:

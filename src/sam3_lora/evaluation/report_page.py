@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import math
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,60 @@ def format_difference(value: float, key: str) -> str:
     return f"{sign}{value:.3f}" + (" ▲" if better and abs(value) > 1e-9 else "")
 
 
+def model_columns(keys: Iterable[str], models: Collection[str], compact: bool = False) -> list[str]:
+    """Columns of each metric for every model: ``key (model)``, plain ``key`` for one model, or
+    with ``compact`` one ``key (base / adapter)`` column per metric."""
+    names = " / ".join(models)
+    header = []
+    for key in keys:
+        if compact and len(models) > 1:
+            header.append(f"{key} ({names})")
+        else:
+            header.extend(f"{key} ({m})" if len(models) > 1 else key for m in models)
+    return header
+
+
+def model_cells(cells: list[str], compact: bool) -> list[str]:
+    """One metric's cells of every model: as they are, or with ``compact`` joined into one."""
+    return [" / ".join(cells)] if compact else cells
+
+
+def overall_comparison(metrics: dict[str, Any], keys: Iterable[str], missing: str = "n/a") -> Rows:
+    """Metric, each model's overall value and, when both models ran, the difference
+    (adapter − base); ``missing`` stands for a difference that was not computed."""
+    models = metrics["models"]
+    header = ["metric", *models]
+    if "difference" in metrics:
+        header.append("adapter − base")
+    rows = []
+    for key in keys:
+        row = [key, *(format_value(models[m]["overall"].get(key, float("nan"))) for m in models)]
+        if "difference" in metrics:
+            difference = metrics["difference"].get(key)
+            row.append(missing if difference is None else format_difference(difference, key))
+        rows.append(row)
+    return header, rows
+
+
+def category_comparison(
+    metrics: dict[str, Any], keys: Iterable[str], count: tuple[str, str], compact: bool = False
+) -> Rows:
+    """Per category: a count (``count``: its column name and per-category key), then each metric
+    of every model side by side (``compact`` as in :func:`model_columns`)."""
+    models = metrics["models"]
+    column, count_key = count
+    header = ["category", column, *model_columns(keys, models, compact)]
+    rows = []
+    first = next(iter(models.values()))["per_category"]
+    for name, values in first.items():
+        row = [name, str(values[count_key])]
+        for key in keys:
+            cells = [format_value(models[m]["per_category"][name][key]) for m in models]
+            row.extend(model_cells(cells, compact))
+        rows.append(row)
+    return header, rows
+
+
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     """A GitHub-flavoured markdown table."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -96,10 +151,14 @@ __all__ = [
     "STYLE",
     "GalleryItem",
     "Rows",
+    "category_comparison",
     "format_difference",
     "format_value",
     "html_table",
     "json_safe",
     "markdown_table",
+    "model_cells",
+    "model_columns",
+    "overall_comparison",
     "write_metrics",
 ]
