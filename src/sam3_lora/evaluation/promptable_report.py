@@ -4,7 +4,6 @@ pieces of :mod:`sam3_lora.evaluation.report_page`."""
 
 from __future__ import annotations
 
-import html
 from pathlib import Path
 from typing import Any
 
@@ -15,17 +14,18 @@ from rich.table import Table
 from sam3_lora.data.coco import CocoDataset
 from sam3_lora.evaluation.promptable import PROMPT_KINDS, SCORES, PromptableRun
 from sam3_lora.evaluation.report_page import (
-    STYLE,
     GalleryItem,
     Rows,
     category_comparison,
-    html_table,
-    markdown_table,
+    describe_models,
+    html_report,
+    markdown_report,
     overall_comparison,
     write_metrics,
+    write_pages,
 )
 from sam3_lora.evaluation.vocabulary import METRICS, PROMPTABLE_METRICS
-from sam3_lora.predict.visualize import draw_predictions, png_data_uri, side_by_side
+from sam3_lora.predict.visualize import draw_predictions, side_by_side
 
 OVERALL = tuple(f"{prefix}{score}" for _, _, prefix in PROMPT_KINDS.values() for score in SCORES)
 PER_CATEGORY = ("miou", "dice", "point_miou", "points3_miou")
@@ -128,61 +128,26 @@ def write_reports(
     output_dir = Path(output_dir)
     files = {"metrics.json": write_metrics(metrics, output_dir)}
     overall, categories = overall_rows(metrics), category_rows(metrics)
-    intro = [
+    intro = _intro(metrics)
+    definitions = {key: METRICS[key] for key in PROMPTABLE_METRICS}
+    markdown = markdown_report(
+        intro,
+        overall,
+        categories,
+        definitions,
+        lead="Per instance: instances.csv. Metric definitions:",
+    )
+    gallery = render_gallery(coco, runs, gallery_size)
+    page = html_report(intro, overall, categories, gallery, definitions)
+    files.update(write_pages(output_dir, markdown, page))
+    return files
+
+
+def _intro(metrics: dict[str, Any]) -> list[str]:
+    return [
         f"dataset: {metrics['dataset']} ({metrics.get('split', '')}), {metrics['num_images']} "
         f"images, {metrics['num_categories']} categories, scored at "
         f"{metrics['resolution']} px, mask threshold {metrics['mask_threshold']}",
         *[f"prompts {kind}: {text}" for kind, text in metrics["prompts"].items()],
-        *[
-            f"{name}: {block['source']} ({block['seconds']} s, {block['images_per_second']} img/s)"
-            for name, block in metrics["models"].items()
-        ],
+        *describe_models(metrics),
     ]
-    definitions = {key: METRICS[key] for key in PROMPTABLE_METRICS}
-    markdown = [
-        "# Evaluation report",
-        "",
-        *[f"- {line}" for line in intro],
-        "",
-        "## Overall",
-        "",
-        markdown_table(*overall),
-        "",
-        "## Per category",
-        "",
-        markdown_table(*categories),
-        "",
-        "Per instance: instances.csv. Metric definitions:",
-        "",
-        *[f"- `{key}`: {text}" for key, text in definitions.items()],
-        "",
-    ]
-    files["report.md"] = output_dir / "report.md"
-    files["report.md"].write_text("\n".join(markdown), encoding="utf-8")
-    gallery = render_gallery(coco, runs, gallery_size)
-    figures = "".join(
-        f'<figure><img alt="{html.escape(item.title)}" src="{png_data_uri(item.sheet)}">'
-        f"<figcaption>{html.escape(item.title)}</figcaption></figure>"
-        for item in gallery
-    )
-    page = (
-        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-        f"<title>sam3-lora evaluation</title><style>{STYLE}</style></head><body>"
-        "<h1>Evaluation report</h1><ul>"
-        + "".join(f"<li>{html.escape(line)}</li>" for line in intro)
-        + "</ul><h2>Overall</h2>"
-        + html_table(*overall)
-        + "<h2>Per category</h2>"
-        + html_table(*categories)
-        + "<h2>Worst images first</h2>"
-        + (figures or "<p>no images</p>")
-        + "<h2>Metrics</h2><ul>"
-        + "".join(
-            f"<li><code>{html.escape(k)}</code>: {html.escape(v)}</li>"
-            for k, v in definitions.items()
-        )
-        + "</ul></body></html>"
-    )
-    files["report.html"] = output_dir / "report.html"
-    files["report.html"].write_text(page, encoding="utf-8")
-    return files

@@ -3,12 +3,13 @@ the rich tables printed at the end of ``sam3-lora evaluate``.
 
 The HTML page makes no network request: styles are inline and the gallery images are embedded
 as base64 PNG. The gallery shows the worst images first (lowest mean IoU over the category
-prompts, absent categories included), ground truth / base / adapter side by side.
+prompts, absent categories included), ground truth / base / adapter side by side. The page
+skeleton shared with the promptable report is :mod:`sam3_lora.evaluation.report_page`; this
+module adds SAM3's metrics, the score-threshold sweep and the retention section.
 """
 
 from __future__ import annotations
 
-import html
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,17 +18,22 @@ from PIL import Image
 from rich.table import Table
 
 from sam3_lora.evaluation.report_page import (
-    STYLE,
     GalleryItem,
     Rows,
     category_comparison,
+    describe_models,
     format_value,
+    html_bullets,
+    html_report,
     html_table,
+    markdown_bullets,
+    markdown_report,
     markdown_table,
     model_cells,
     model_columns,
     overall_comparison,
     write_metrics,
+    write_pages,
 )
 from sam3_lora.predict.visualize import draw_predictions, png_data_uri, side_by_side
 
@@ -239,13 +245,6 @@ def stack_sheets(sheets: list[Image.Image], gap: int = 6) -> Image.Image:
     return page
 
 
-def _describe_models(metrics: dict[str, Any]) -> list[str]:
-    return [
-        f"{name}: {block['source']} ({block['seconds']} s, {block['images_per_second']} img/s)"
-        for name, block in metrics["models"].items()
-    ]
-
-
 def write_reports(
     metrics: dict[str, Any],
     gallery: list[GalleryItem],
@@ -255,7 +254,7 @@ def write_reports(
     """Write ``metrics.json``, ``report.md``, ``report.html`` and ``gallery.png`` (the worst
     images, ground truth and each model side by side; in the HTML also the images where the
     adapter lost most of the base's detections); returns their paths."""
-    from sam3_lora.evaluation.retention import concept_rows, retention_html, retention_title
+    from sam3_lora.evaluation.retention import concept_rows, retention_html
 
     output_dir = Path(output_dir)
     files = {"metrics.json": write_metrics(metrics, output_dir)}
@@ -267,97 +266,83 @@ def write_reports(
     plot = plot_threshold_sweep(metrics, output_dir / SWEEP_PLOT)
     if plot is not None:
         files[SWEEP_PLOT] = plot
-    best = [
+    best = _best_threshold_lines(metrics)
+    intro = _intro(metrics)
+    retention = concept_rows(metrics["retention"]) if "retention" in metrics else ([], [])
+    markdown = markdown_report(
+        intro,
+        overall,
+        categories,
+        HEADLINE,
+        sections=[*_sweep_markdown(best, sweep), *_retention_markdown(metrics, retention)],
+    )
+    page = html_report(
+        intro,
+        overall,
+        categories,
+        gallery,
+        HEADLINE,
+        before_gallery=_sweep_html(best, sweep, plot),
+        after_gallery=(
+            retention_html(metrics, retention, retention_gallery or []) if retention[1] else ""
+        ),
+    )
+    files.update(write_pages(output_dir, markdown, page))
+    return files
+
+
+def _intro(metrics: dict[str, Any]) -> list[str]:
+    return [
+        f"dataset: {metrics['dataset']} ({metrics.get('split', '')}), {metrics['num_images']} "
+        f"images, {metrics['num_categories']} categories, "
+        f"{metrics['negative_prompts_per_image']} negative prompts per image",
+        f"score threshold {metrics['score_threshold']}, mask threshold {metrics['mask_threshold']}",
+        *describe_models(metrics),
+        *_verification_line(metrics),
+    ]
+
+
+def _best_threshold_lines(metrics: dict[str, Any]) -> list[str]:
+    return [
         f"{name}: best cgF1 {block['best_threshold']['cgF1']:.3f} at score threshold "
         f"{block['best_threshold']['threshold']:g}"
         for name, block in metrics["models"].items()
         if block.get("best_threshold")
     ]
-    intro = [
-        f"dataset: {metrics['dataset']} ({metrics.get('split', '')}), {metrics['num_images']} "
-        f"images, {metrics['num_categories']} categories, "
-        f"{metrics['negative_prompts_per_image']} negative prompts per image",
-        f"score threshold {metrics['score_threshold']}, mask threshold {metrics['mask_threshold']}",
-        *_describe_models(metrics),
-        *_verification_line(metrics),
-    ]
-    retention = concept_rows(metrics["retention"]) if "retention" in metrics else ([], [])
-    markdown = [
-        "# Evaluation report",
-        "",
-        *[f"- {line}" for line in intro],
-        "",
-        "## Overall",
-        "",
-        markdown_table(*overall),
-        "",
-        "## Per category",
-        "",
-        markdown_table(*categories),
-        "",
-        *(
-            [
-                "## By score threshold",
-                "",
-                *[f"- {line}" for line in best],
-                "",
-                markdown_table(*sweep),
-                "",
-                f"![metrics by score threshold]({SWEEP_PLOT})",
-                "",
-            ]
-            if sweep[0]
-            else []
-        ),
-        *(
-            ["## Retention", "", retention_title(metrics), "", markdown_table(*retention), ""]
-            if retention[1]
-            else []
-        ),
-        "Metric definitions:",
-        "",
-        *[f"- `{key}`: {text}" for key, text in HEADLINE.items()],
-        "",
-    ]
-    files["report.md"] = output_dir / "report.md"
-    files["report.md"].write_text("\n".join(markdown), encoding="utf-8")
 
-    figures = "".join(
-        f'<figure><img alt="{html.escape(item.title)}" src="{png_data_uri(item.sheet)}">'
-        f"<figcaption>{html.escape(item.title)}</figcaption></figure>"
-        for item in gallery
-    )
-    definitions = "".join(
-        f"<li><code>{html.escape(k)}</code>: {html.escape(v)}</li>" for k, v in HEADLINE.items()
-    )
-    page = (
-        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-        f"<title>sam3-lora evaluation</title><style>{STYLE}</style></head><body>"
-        "<h1>Evaluation report</h1><ul>"
-        + "".join(f"<li>{html.escape(line)}</li>" for line in intro)
-        + "</ul><h2>Overall</h2>"
-        + html_table(*overall)
-        + "<h2>Per category</h2>"
-        + html_table(*categories)
-        + (_sweep_html(best, sweep, plot) if sweep[0] else "")
-        + "<h2>Worst images first</h2>"
-        + (figures or "<p>no images</p>")
-        + (retention_html(metrics, retention, retention_gallery or []) if retention[1] else "")
-        + f"<h2>Metrics</h2><ul>{definitions}</ul></body></html>"
-    )
-    files["report.html"] = output_dir / "report.html"
-    files["report.html"].write_text(page, encoding="utf-8")
-    return files
+
+def _sweep_markdown(best: list[str], sweep: Rows) -> list[str]:
+    if not sweep[0]:
+        return []
+    return [
+        "## By score threshold",
+        "",
+        *markdown_bullets(best),
+        "",
+        markdown_table(*sweep),
+        "",
+        f"![metrics by score threshold]({SWEEP_PLOT})",
+        "",
+    ]
+
+
+def _retention_markdown(metrics: dict[str, Any], retention: Rows) -> list[str]:
+    from sam3_lora.evaluation.retention import retention_title
+
+    if not retention[1]:
+        return []
+    return ["## Retention", "", retention_title(metrics), "", markdown_table(*retention), ""]
 
 
 def _sweep_html(best: list[str], sweep: Rows, plot: Path | None) -> str:
+    if not sweep[0]:
+        return ""
     image = ""
     if plot is not None:
         with Image.open(plot) as picture:
             uri = png_data_uri(picture)
         image = f'<figure><img alt="metrics by score threshold" src="{uri}"></figure>'
-    lines = "".join(f"<li>{html.escape(line)}</li>" for line in best)
-    return f"<h2>By score threshold</h2><ul>{lines}</ul>{html_table(*sweep)}{image}"
+    return f"<h2>By score threshold</h2>{html_bullets(best)}{html_table(*sweep)}{image}"
 
 
 __all__ = ["GalleryItem", "comparison_tables", "render_gallery", "write_reports"]

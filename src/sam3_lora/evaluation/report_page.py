@@ -1,8 +1,10 @@
 """What the two evaluation reports share: SAM3's (:mod:`sam3_lora.evaluation.report`) and the
 promptable SAM2 / SAM3-tracker one (:mod:`sam3_lora.evaluation.promptable_report`).
 
-Cell formatting, markdown and HTML tables, the inline page style, gallery rows, and strict
-``metrics.json``. Each report module keeps its own metrics, sections and gallery.
+Cell formatting, the overall and per-category tables, strict ``metrics.json``, and the skeleton
+of ``report.md`` and the self-contained ``report.html`` (inline style, gallery embedded as PNG):
+intro, overall, per category, the report's own sections, worst images first, metric
+definitions. Each report module keeps its own metrics, sections and gallery.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from PIL import Image
 
 from sam3_lora.data.jsonio import write_json
 from sam3_lora.evaluation.vocabulary import LOWER_IS_BETTER
+from sam3_lora.predict.visualize import png_data_uri
 
 #: A table: its header and its rows of cells.
 Rows = tuple[list[str], list[list[str]]]
@@ -128,6 +131,105 @@ def html_table(header: list[str], rows: list[list[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def describe_models(metrics: dict[str, Any]) -> list[str]:
+    """One intro line per model: where it came from and how fast it ran."""
+    return [
+        f"{name}: {block['source']} ({block['seconds']} s, {block['images_per_second']} img/s)"
+        for name, block in metrics["models"].items()
+    ]
+
+
+def markdown_bullets(lines: Iterable[str]) -> list[str]:
+    """Markdown list items, one per line."""
+    return [f"- {line}" for line in lines]
+
+
+def markdown_report(
+    intro: list[str],
+    overall: Rows,
+    categories: Rows,
+    definitions: dict[str, str],
+    sections: Iterable[str] = (),
+    lead: str = "Metric definitions:",
+) -> str:
+    """``report.md``: the intro, the overall and per-category tables, the report's own
+    ``sections`` (markdown lines), then the metric ``definitions`` under ``lead``."""
+    lines = [
+        "# Evaluation report",
+        "",
+        *markdown_bullets(intro),
+        "",
+        "## Overall",
+        "",
+        markdown_table(*overall),
+        "",
+        "## Per category",
+        "",
+        markdown_table(*categories),
+        "",
+        *sections,
+        lead,
+        "",
+        *[f"- `{key}`: {text}" for key, text in definitions.items()],
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def html_bullets(lines: Iterable[str]) -> str:
+    """An HTML list, one escaped item per line."""
+    return "<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in lines) + "</ul>"
+
+
+def gallery_figures(gallery: Iterable[GalleryItem]) -> str:
+    """The gallery rows as captioned ``<figure>`` elements, each sheet embedded as a PNG."""
+    return "".join(
+        f'<figure><img alt="{html.escape(item.title)}" src="{png_data_uri(item.sheet)}">'
+        f"<figcaption>{html.escape(item.title)}</figcaption></figure>"
+        for item in gallery
+    )
+
+
+def html_report(
+    intro: list[str],
+    overall: Rows,
+    categories: Rows,
+    gallery: list[GalleryItem],
+    definitions: dict[str, str],
+    before_gallery: str = "",
+    after_gallery: str = "",
+) -> str:
+    """``report.html``, with no network request: the intro, the overall and per-category
+    tables, the report's own sections around the worst-first ``gallery``, then the metric
+    ``definitions``."""
+    terms = "".join(
+        f"<li><code>{html.escape(k)}</code>: {html.escape(v)}</li>" for k, v in definitions.items()
+    )
+    return (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>sam3-lora evaluation</title><style>{STYLE}</style></head><body>"
+        "<h1>Evaluation report</h1>"
+        + html_bullets(intro)
+        + "<h2>Overall</h2>"
+        + html_table(*overall)
+        + "<h2>Per category</h2>"
+        + html_table(*categories)
+        + before_gallery
+        + "<h2>Worst images first</h2>"
+        + (gallery_figures(gallery) or "<p>no images</p>")
+        + after_gallery
+        + f"<h2>Metrics</h2><ul>{terms}</ul></body></html>"
+    )
+
+
+def write_pages(output_dir: Path, markdown: str, page: str) -> dict[str, Path]:
+    """Write ``report.md`` and ``report.html`` into ``output_dir``; returns their paths."""
+    files = {"report.md": output_dir / "report.md", "report.html": output_dir / "report.html"}
+    files["report.md"].write_text(markdown, encoding="utf-8")
+    files["report.html"].write_text(page, encoding="utf-8")
+    return files
+
+
 def json_safe(value: Any) -> Any:
     """NaN -> None, numpy scalars -> Python, int dict keys -> str (strict JSON)."""
     if isinstance(value, dict):
@@ -152,13 +254,20 @@ __all__ = [
     "GalleryItem",
     "Rows",
     "category_comparison",
+    "describe_models",
     "format_difference",
     "format_value",
+    "gallery_figures",
+    "html_bullets",
+    "html_report",
     "html_table",
     "json_safe",
+    "markdown_bullets",
+    "markdown_report",
     "markdown_table",
     "model_cells",
     "model_columns",
     "overall_comparison",
     "write_metrics",
+    "write_pages",
 ]

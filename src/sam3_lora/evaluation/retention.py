@@ -259,18 +259,12 @@ def retention_html(
     """The HTML report's retention section: headline, per-concept table, lost images."""
     import html
 
-    from sam3_lora.evaluation.report_page import html_table
-    from sam3_lora.predict.visualize import png_data_uri
+    from sam3_lora.evaluation.report_page import gallery_figures, html_table
 
-    figures = "".join(
-        f'<figure><img alt="{html.escape(item.title)}" src="{png_data_uri(item.sheet)}">'
-        f"<figcaption>{html.escape(item.title)}</figcaption></figure>"
-        for item in gallery
-    )
     return (
         f"<h2>Retention</h2><p>{html.escape(retention_title(metrics))}</p>{html_table(*table)}"
         "<h3>Where the adapter lost most of what the base model found</h3>"
-        + (figures or "<p>the adapter lost nothing</p>")
+        + (gallery_figures(gallery) or "<p>the adapter lost nothing</p>")
     )
 
 
