@@ -17,7 +17,9 @@ from sam3_lora.evaluation.report_page import (
     GalleryItem,
     Rows,
     category_comparison,
+    console_table,
     describe_models,
+    ground_truth_panel,
     html_report,
     markdown_report,
     overall_comparison,
@@ -50,23 +52,16 @@ def comparison_tables(metrics: dict[str, Any]) -> list[Table]:
         f"{metrics['family']} evaluation on {metrics.get('split', '')} ({metrics['num_images']} "
         f"images, mask threshold {metrics['mask_threshold']}; box, 1-click and 3-click prompts)"
     )
-    tables = []
-    for (header, rows), table_title in (
-        (overall_rows(metrics), title),
-        (
-            category_rows(metrics, compact=True),
-            "per category (all numbers: report.md, instances.csv)",
-        ),
-    ):
-        table = Table(title=table_title)
-        for column in header:
-            table.add_column(
-                column, justify="left" if column in ("metric", "category") else "right"
-            )
-        for row in rows:
-            table.add_row(*row)
-        tables.append(table)
-    return tables
+    return [
+        console_table(table_title, header, rows)
+        for (header, rows), table_title in (
+            (overall_rows(metrics), title),
+            (
+                category_rows(metrics, compact=True),
+                "per category (all numbers: report.md, instances.csv)",
+            ),
+        )
+    ]
 
 
 def render_gallery(
@@ -87,17 +82,7 @@ def render_gallery(
         by_id = {i.annotation_id: i for i in coco.instances(index)}
         instances = [by_id[r["annotation_id"]] for r in rows]
         labels = [names[r["category_id"]] for r in rows]
-        panels = [
-            (
-                "ground truth",
-                draw_predictions(
-                    image,
-                    [i.mask for i in instances if i.mask is not None],
-                    [i.box_xyxy for i in instances],
-                    [names[i.category_id] for i in instances],
-                ),
-            )
-        ]
+        panels = [ground_truth_panel(image, instances, names)]
         for name, run in runs.items():
             masks = _to_image_size(run.box_masks.get(image_id), image.size)
             ious = [r["iou"] for r in run.instances if r["image_id"] == image_id]

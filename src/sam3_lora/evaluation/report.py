@@ -21,8 +21,10 @@ from sam3_lora.evaluation.report_page import (
     GalleryItem,
     Rows,
     category_comparison,
+    console_table,
     describe_models,
     format_value,
+    ground_truth_panel,
     html_bullets,
     html_report,
     html_table,
@@ -157,35 +159,23 @@ def comparison_tables(metrics: dict[str, Any]) -> list[Table]:
     """The overall, per-category and threshold-sweep tables for the console."""
     from sam3_lora.evaluation.retention import concept_rows, retention_title
 
-    tables = []
     title = (
         f"evaluation on {metrics.get('split', '')} ({metrics['num_images']} images, "
         f"{metrics['num_categories']} categories, threshold {metrics['score_threshold']})"
     )
-    for (header, rows), table_title in (
-        (overall_rows(metrics), title),
-        (category_rows(metrics, CONSOLE_PER_CATEGORY), "per category (all numbers: report.md)"),
-        (
-            sweep_rows(metrics, CONSOLE_SWEEP_COLUMNS, compact=True),
-            "by score threshold (* = best cgF1: an operating point for predict --threshold)",
-        ),
-        (concept_rows(metrics.get("retention", {})), retention_title(metrics)),
-    ):
-        if header and not rows:
-            continue
-        if not header:
-            continue
-        table = Table(title=table_title)
-        for column in header:
-            table.add_column(
-                column,
-                justify="left" if column in ("metric", "category") else "right",
-                overflow="fold",
-            )
-        for row in rows:
-            table.add_row(*row)
-        tables.append(table)
-    return tables
+    return [
+        console_table(table_title, header, rows, overflow="fold")
+        for (header, rows), table_title in (
+            (overall_rows(metrics), title),
+            (category_rows(metrics, CONSOLE_PER_CATEGORY), "per category (all numbers: report.md)"),
+            (
+                sweep_rows(metrics, CONSOLE_SWEEP_COLUMNS, compact=True),
+                "by score threshold (* = best cgF1: an operating point for predict --threshold)",
+            ),
+            (concept_rows(metrics.get("retention", {})), retention_title(metrics)),
+        )
+        if header and rows
+    ]
 
 
 def _verification_line(metrics: dict[str, Any]) -> list[str]:
@@ -209,17 +199,7 @@ def render_gallery(
         index = coco.index_of_image(image_id)
         image = coco.load_image(index)
         instances = [i for i in coco.instances(index) if not i.iscrowd]
-        panels = [
-            (
-                "ground truth",
-                draw_predictions(
-                    image,
-                    [i.mask for i in instances if i.mask is not None],
-                    [i.box_xyxy for i in instances],
-                    [names[i.category_id] for i in instances],
-                ),
-            )
-        ]
+        panels = [ground_truth_panel(image, instances, names)]
         for name, run in runs.items():
             kept = [r for r in run.results if r["image_id"] == image_id and r["score"] >= threshold]
             kept.sort(key=lambda r: -r["score"])

@@ -14,14 +14,20 @@ import math
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
+from rich.table import Table
 
 from sam3_lora.data.jsonio import write_json
 from sam3_lora.evaluation.vocabulary import LOWER_IS_BETTER
-from sam3_lora.predict.visualize import png_data_uri
+from sam3_lora.predict.visualize import draw_predictions, png_data_uri
+
+if TYPE_CHECKING:
+    from rich.console import OverflowMethod
+
+    from sam3_lora.data.coco import Instance
 
 #: A table: its header and its rows of cells.
 Rows = tuple[list[str], list[list[str]]]
@@ -43,6 +49,21 @@ class GalleryItem:
 
     title: str
     sheet: Image.Image
+
+
+def ground_truth_panel(
+    image: Image.Image, instances: list[Instance], names: dict[int, str]
+) -> tuple[str, Image.Image]:
+    """A gallery row's first panel: the ground-truth instances, labelled with their category."""
+    return (
+        "ground truth",
+        draw_predictions(
+            image,
+            [i.mask for i in instances if i.mask is not None],
+            [i.box_xyxy for i in instances],
+            [names[i.category_id] for i in instances],
+        ),
+    )
 
 
 def format_value(value: Any) -> str:
@@ -113,6 +134,22 @@ def category_comparison(
             row.extend(model_cells(cells, compact))
         rows.append(row)
     return header, rows
+
+
+def console_table(
+    title: str, header: list[str], rows: list[list[str]], overflow: OverflowMethod = "ellipsis"
+) -> Table:
+    """A console table: the metric or category column left-aligned, the numbers right."""
+    table = Table(title=title)
+    for column in header:
+        table.add_column(
+            column,
+            justify="left" if column in ("metric", "category") else "right",
+            overflow=overflow,
+        )
+    for row in rows:
+        table.add_row(*row)
+    return table
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
@@ -254,10 +291,12 @@ __all__ = [
     "GalleryItem",
     "Rows",
     "category_comparison",
+    "console_table",
     "describe_models",
     "format_difference",
     "format_value",
     "gallery_figures",
+    "ground_truth_panel",
     "html_bullets",
     "html_report",
     "html_table",
