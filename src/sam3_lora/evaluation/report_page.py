@@ -1,10 +1,11 @@
 """What the two evaluation reports share: SAM3's (:mod:`sam3_lora.evaluation.report`) and the
 promptable SAM2 / SAM3-tracker one (:mod:`sam3_lora.evaluation.promptable_report`).
 
-Cell formatting, the overall and per-category tables, strict ``metrics.json``, and the skeleton
-of ``report.md`` and the self-contained ``report.html`` (inline style, gallery embedded as PNG):
-intro, overall, per category, the report's own sections, worst images first, metric
-definitions. Each report module keeps its own metrics, sections and gallery.
+Cell formatting, the overall and per-category tables (markdown, HTML and console), strict
+``metrics.json``, the gallery's ground-truth panel, and the skeleton of ``report.md`` and the
+self-contained ``report.html`` (inline style, gallery embedded as PNG): intro, overall, per
+category, the report's own sections, worst images first, metric definitions. Each report module
+keeps its own metrics, sections and gallery.
 """
 
 from __future__ import annotations
@@ -49,21 +50,6 @@ class GalleryItem:
 
     title: str
     sheet: Image.Image
-
-
-def ground_truth_panel(
-    image: Image.Image, instances: list[Instance], names: dict[int, str]
-) -> tuple[str, Image.Image]:
-    """A gallery row's first panel: the ground-truth instances, labelled with their category."""
-    return (
-        "ground truth",
-        draw_predictions(
-            image,
-            [i.mask for i in instances if i.mask is not None],
-            [i.box_xyxy for i in instances],
-            [names[i.category_id] for i in instances],
-        ),
-    )
 
 
 def format_value(value: Any) -> str:
@@ -224,6 +210,21 @@ def gallery_figures(gallery: Iterable[GalleryItem]) -> str:
         f'<figure><img alt="{html.escape(item.title)}" src="{png_data_uri(item.sheet)}">'
         f"<figcaption>{html.escape(item.title)}</figcaption></figure>"
         for item in gallery
+    )
+
+
+def ground_truth_panel(
+    image: Image.Image, instances: list[Instance], names: dict[int, str]
+) -> tuple[str, Image.Image]:
+    """A gallery row's first panel: the ground-truth instances, labelled with their category."""
+    return (
+        "ground truth",
+        draw_predictions(
+            image,
+            [i.mask for i in instances if i.mask is not None],
+            [i.box_xyxy for i in instances],
+            [names[i.category_id] for i in instances],
+        ),
     )
 
 
