@@ -1,10 +1,9 @@
 """Reports of the promptable evaluation: ``metrics.json``, ``report.md``, a self-contained
-``report.html`` with a worst-first gallery, and the console tables. Built from the pieces of
-:mod:`sam3_lora.evaluation.report` (tables, gallery sheets, page style)."""
+``report.html`` with a worst-first gallery, and the console tables. Built from the shared
+pieces of :mod:`sam3_lora.evaluation.report_page`."""
 
 from __future__ import annotations
 
-import html
 from pathlib import Path
 from typing import Any
 
@@ -13,60 +12,38 @@ from PIL import Image
 from rich.table import Table
 
 from sam3_lora.data.coco import CocoDataset
-from sam3_lora.data.jsonio import write_json
 from sam3_lora.evaluation.promptable import PROMPT_KINDS, SCORES, PromptableRun
-from sam3_lora.evaluation.report import (
-    _STYLE,
+from sam3_lora.evaluation.report_page import (
     GalleryItem,
-    _diff,
-    _fmt,
-    _html_table,
-    _json_safe,
-    _markdown_table,
+    Rows,
+    category_comparison,
+    console_table,
+    describe_models,
+    ground_truth_panel,
+    html_report,
+    markdown_report,
+    overall_comparison,
+    write_metrics,
+    write_pages,
 )
 from sam3_lora.evaluation.vocabulary import METRICS, PROMPTABLE_METRICS
-from sam3_lora.predict.visualize import draw_predictions, png_data_uri, side_by_side
+from sam3_lora.predict.visualize import draw_predictions, side_by_side
 
 OVERALL = tuple(f"{prefix}{score}" for _, _, prefix in PROMPT_KINDS.values() for score in SCORES)
 PER_CATEGORY = ("miou", "dice", "point_miou", "points3_miou")
 
 
-def overall_rows(metrics: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+def overall_rows(metrics: dict[str, Any]) -> Rows:
     """Metric, each model, and the difference (adapter - base)."""
-    models = metrics["models"]
-    header = ["metric", *models] + (["adapter − base"] if "difference" in metrics else [])
-    rows = []
-    for key in (*OVERALL, "instances"):
-        row = [key, *(_fmt(models[m]["overall"].get(key, float("nan"))) for m in models)]
-        if "difference" in metrics:
-            difference = metrics["difference"].get(key)
-            row.append("" if difference is None else _diff(difference, key))
-        rows.append(row)
-    return header, rows
+    return overall_comparison(metrics, (*OVERALL, "instances"), missing="")
 
 
 def category_rows(
     metrics: dict[str, Any], keys: tuple[str, ...] = PER_CATEGORY, compact: bool = False
-) -> tuple[list[str], list[list[str]]]:
+) -> Rows:
     """Per category: instances and each metric of every model side by side (``compact``: the
     models' values of a metric in one cell, ``base / adapter``, for narrow consoles)."""
-    models = metrics["models"]
-    names = " / ".join(models)
-    header = ["category", "instances"]
-    for key in keys:
-        if compact and len(models) > 1:
-            header.append(f"{key} ({names})")
-        else:
-            header.extend(f"{key} ({m})" if len(models) > 1 else key for m in models)
-    rows = []
-    first = next(iter(models.values()))["per_category"]
-    for name, values in first.items():
-        row = [name, str(values["instances"])]
-        for key in keys:
-            cells = [_fmt(models[m]["per_category"][name][key]) for m in models]
-            row.extend([" / ".join(cells)] if compact else cells)
-        rows.append(row)
-    return header, rows
+    return category_comparison(metrics, keys, ("instances", "instances"), compact)
 
 
 def comparison_tables(metrics: dict[str, Any]) -> list[Table]:
@@ -75,23 +52,16 @@ def comparison_tables(metrics: dict[str, Any]) -> list[Table]:
         f"{metrics['family']} evaluation on {metrics.get('split', '')} ({metrics['num_images']} "
         f"images, mask threshold {metrics['mask_threshold']}; box, 1-click and 3-click prompts)"
     )
-    tables = []
-    for (header, rows), table_title in (
-        (overall_rows(metrics), title),
-        (
-            category_rows(metrics, compact=True),
-            "per category (all numbers: report.md, instances.csv)",
-        ),
-    ):
-        table = Table(title=table_title)
-        for column in header:
-            table.add_column(
-                column, justify="left" if column in ("metric", "category") else "right"
-            )
-        for row in rows:
-            table.add_row(*row)
-        tables.append(table)
-    return tables
+    return [
+        console_table(table_title, header, rows)
+        for (header, rows), table_title in (
+            (overall_rows(metrics), title),
+            (
+                category_rows(metrics, compact=True),
+                "per category (all numbers: report.md, instances.csv)",
+            ),
+        )
+    ]
 
 
 def render_gallery(
@@ -112,17 +82,7 @@ def render_gallery(
         by_id = {i.annotation_id: i for i in coco.instances(index)}
         instances = [by_id[r["annotation_id"]] for r in rows]
         labels = [names[r["category_id"]] for r in rows]
-        panels = [
-            (
-                "ground truth",
-                draw_predictions(
-                    image,
-                    [i.mask for i in instances if i.mask is not None],
-                    [i.box_xyxy for i in instances],
-                    [names[i.category_id] for i in instances],
-                ),
-            )
-        ]
+        panels = [ground_truth_panel(image, instances, names)]
         for name, run in runs.items():
             masks = _to_image_size(run.box_masks.get(image_id), image.size)
             ious = [r["iou"] for r in run.instances if r["image_id"] == image_id]
@@ -151,64 +111,28 @@ def write_reports(
 ) -> dict[str, Path]:
     """Write ``metrics.json``, ``report.md`` and ``report.html``; returns their paths."""
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    files = {"metrics.json": write_json(output_dir / "metrics.json", _json_safe(metrics), indent=2)}
+    files = {"metrics.json": write_metrics(metrics, output_dir)}
     overall, categories = overall_rows(metrics), category_rows(metrics)
-    intro = [
+    intro = _intro(metrics)
+    definitions = {key: METRICS[key] for key in PROMPTABLE_METRICS}
+    markdown = markdown_report(
+        intro,
+        overall,
+        categories,
+        definitions,
+        lead="Per instance: instances.csv. Metric definitions:",
+    )
+    gallery = render_gallery(coco, runs, gallery_size)
+    page = html_report(intro, overall, categories, gallery, definitions)
+    files.update(write_pages(output_dir, markdown, page))
+    return files
+
+
+def _intro(metrics: dict[str, Any]) -> list[str]:
+    return [
         f"dataset: {metrics['dataset']} ({metrics.get('split', '')}), {metrics['num_images']} "
         f"images, {metrics['num_categories']} categories, scored at "
         f"{metrics['resolution']} px, mask threshold {metrics['mask_threshold']}",
         *[f"prompts {kind}: {text}" for kind, text in metrics["prompts"].items()],
-        *[
-            f"{name}: {block['source']} ({block['seconds']} s, {block['images_per_second']} img/s)"
-            for name, block in metrics["models"].items()
-        ],
+        *describe_models(metrics),
     ]
-    definitions = {key: METRICS[key] for key in PROMPTABLE_METRICS}
-    markdown = [
-        "# Evaluation report",
-        "",
-        *[f"- {line}" for line in intro],
-        "",
-        "## Overall",
-        "",
-        _markdown_table(*overall),
-        "",
-        "## Per category",
-        "",
-        _markdown_table(*categories),
-        "",
-        "Per instance: instances.csv. Metric definitions:",
-        "",
-        *[f"- `{key}`: {text}" for key, text in definitions.items()],
-        "",
-    ]
-    files["report.md"] = output_dir / "report.md"
-    files["report.md"].write_text("\n".join(markdown), encoding="utf-8")
-    gallery = render_gallery(coco, runs, gallery_size)
-    figures = "".join(
-        f'<figure><img alt="{html.escape(item.title)}" src="{png_data_uri(item.sheet)}">'
-        f"<figcaption>{html.escape(item.title)}</figcaption></figure>"
-        for item in gallery
-    )
-    page = (
-        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-        f"<title>sam3-lora evaluation</title><style>{_STYLE}</style></head><body>"
-        "<h1>Evaluation report</h1><ul>"
-        + "".join(f"<li>{html.escape(line)}</li>" for line in intro)
-        + "</ul><h2>Overall</h2>"
-        + _html_table(*overall)
-        + "<h2>Per category</h2>"
-        + _html_table(*categories)
-        + "<h2>Worst images first</h2>"
-        + (figures or "<p>no images</p>")
-        + "<h2>Metrics</h2><ul>"
-        + "".join(
-            f"<li><code>{html.escape(k)}</code>: {html.escape(v)}</li>"
-            for k, v in definitions.items()
-        )
-        + "</ul></body></html>"
-    )
-    files["report.html"] = output_dir / "report.html"
-    files["report.html"].write_text(page, encoding="utf-8")
-    return files

@@ -3,14 +3,13 @@ the rich tables printed at the end of ``sam3-lora evaluate``.
 
 The HTML page makes no network request: styles are inline and the gallery images are embedded
 as base64 PNG. The gallery shows the worst images first (lowest mean IoU over the category
-prompts, absent categories included), ground truth / base / adapter side by side.
+prompts, absent categories included), ground truth / base / adapter side by side. The page
+skeleton shared with the promptable report is :mod:`sam3_lora.evaluation.report_page`; this
+module adds SAM3's metrics, the score-threshold sweep and the retention section.
 """
 
 from __future__ import annotations
 
-import html
-import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,8 +17,26 @@ import numpy as np
 from PIL import Image
 from rich.table import Table
 
-from sam3_lora.data.jsonio import write_json
-from sam3_lora.evaluation.vocabulary import LOWER_IS_BETTER
+from sam3_lora.evaluation.report_page import (
+    GalleryItem,
+    Rows,
+    category_comparison,
+    console_table,
+    describe_models,
+    format_value,
+    ground_truth_panel,
+    html_bullets,
+    html_report,
+    html_table,
+    markdown_bullets,
+    markdown_report,
+    markdown_table,
+    model_cells,
+    model_columns,
+    overall_comparison,
+    write_metrics,
+    write_pages,
+)
 from sam3_lora.predict.visualize import draw_predictions, png_data_uri, side_by_side
 
 if TYPE_CHECKING:
@@ -62,59 +79,14 @@ GALLERY_PNG = "gallery.png"
 GALLERY_PNG_ROWS = 4
 
 
-@dataclass
-class GalleryItem:
-    """One gallery row: a side-by-side sheet and what it shows."""
-
-    title: str
-    sheet: Image.Image
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return "n/a" if math.isnan(value) else f"{value:.3f}"
-    return str(value)
-
-
-def _diff(value: float, key: str) -> str:
-    if isinstance(value, float) and math.isnan(value):
-        return "n/a"
-    better = value < 0 if key in LOWER_IS_BETTER else value > 0
-    sign = "+" if value >= 0 else ""
-    return f"{sign}{value:.3f}" + (" ▲" if better and abs(value) > 1e-9 else "")
-
-
-def overall_rows(metrics: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+def overall_rows(metrics: dict[str, Any]) -> Rows:
     """Header and rows of the overall table: metric, each model, and the difference."""
-    models = metrics["models"]
-    header = ["metric", *models]
-    if "difference" in metrics:
-        header.append("adapter − base")
-    rows = []
-    for key in HEADLINE:
-        row = [key, *(_fmt(models[m]["overall"].get(key, float("nan"))) for m in models)]
-        if "difference" in metrics:
-            row.append(_diff(metrics["difference"].get(key, float("nan")), key))
-        rows.append(row)
-    return header, rows
+    return overall_comparison(metrics, HEADLINE)
 
 
-def category_rows(
-    metrics: dict[str, Any], keys: tuple[str, ...] = PER_CATEGORY
-) -> tuple[list[str], list[list[str]]]:
+def category_rows(metrics: dict[str, Any], keys: tuple[str, ...] = PER_CATEGORY) -> Rows:
     """Header and rows of the per-category table (every model's numbers side by side)."""
-    models = metrics["models"]
-    header = ["category", "images"]
-    for key in keys:
-        header.extend(f"{key} ({m})" if len(models) > 1 else key for m in models)
-    rows = []
-    first = next(iter(models.values()))["per_category"]
-    for name, values in first.items():
-        row = [name, str(values["images_with_gt"])]
-        for key in keys:
-            row.extend(_fmt(models[m]["per_category"][name][key]) for m in models)
-        rows.append(row)
-    return header, rows
+    return category_comparison(metrics, keys, ("images", "images_with_gt"))
 
 
 def _swept_models(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -123,7 +95,7 @@ def _swept_models(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def sweep_rows(
     metrics: dict[str, Any], keys: tuple[str, ...] = SWEEP_COLUMNS, compact: bool = False
-) -> tuple[list[str], list[list[str]]]:
+) -> Rows:
     """Header and rows of the score-threshold sweep: one row per threshold, models side by side.
 
     The best-cgF1 threshold of each model is marked with ``*``. ``compact`` puts every model's
@@ -132,13 +104,7 @@ def sweep_rows(
     models = _swept_models(metrics)
     if not models:
         return [], []
-    names = " / ".join(models)
-    header = ["threshold"]
-    for key in keys:
-        if compact and len(models) > 1:
-            header.append(f"{key} ({names})")
-        else:
-            header.extend(f"{key} ({m})" if len(models) > 1 else key for m in models)
+    header = ["threshold", *model_columns(keys, models, compact)]
     thresholds = [row["threshold"] for row in next(iter(models.values()))["threshold_sweep"]]
     rows = []
     for index, threshold in enumerate(thresholds):
@@ -146,12 +112,12 @@ def sweep_rows(
         for key in keys:
             cells = []
             for block in models.values():
-                cell = _fmt(block["threshold_sweep"][index][key])
+                cell = format_value(block["threshold_sweep"][index][key])
                 best = block.get("best_threshold") or {}
                 if key == "cgF1" and best.get("threshold") == threshold:
                     cell += "*"
                 cells.append(cell)
-            row.extend([" / ".join(cells)] if compact else cells)
+            row.extend(model_cells(cells, compact))
         rows.append(row)
     return header, rows
 
@@ -193,35 +159,23 @@ def comparison_tables(metrics: dict[str, Any]) -> list[Table]:
     """The overall, per-category and threshold-sweep tables for the console."""
     from sam3_lora.evaluation.retention import concept_rows, retention_title
 
-    tables = []
     title = (
         f"evaluation on {metrics.get('split', '')} ({metrics['num_images']} images, "
         f"{metrics['num_categories']} categories, threshold {metrics['score_threshold']})"
     )
-    for (header, rows), table_title in (
-        (overall_rows(metrics), title),
-        (category_rows(metrics, CONSOLE_PER_CATEGORY), "per category (all numbers: report.md)"),
-        (
-            sweep_rows(metrics, CONSOLE_SWEEP_COLUMNS, compact=True),
-            "by score threshold (* = best cgF1: an operating point for predict --threshold)",
-        ),
-        (concept_rows(metrics.get("retention", {})), retention_title(metrics)),
-    ):
-        if header and not rows:
-            continue
-        if not header:
-            continue
-        table = Table(title=table_title)
-        for column in header:
-            table.add_column(
-                column,
-                justify="left" if column in ("metric", "category") else "right",
-                overflow="fold",
-            )
-        for row in rows:
-            table.add_row(*row)
-        tables.append(table)
-    return tables
+    return [
+        console_table(table_title, header, rows, overflow="fold")
+        for (header, rows), table_title in (
+            (overall_rows(metrics), title),
+            (category_rows(metrics, CONSOLE_PER_CATEGORY), "per category (all numbers: report.md)"),
+            (
+                sweep_rows(metrics, CONSOLE_SWEEP_COLUMNS, compact=True),
+                "by score threshold (* = best cgF1: an operating point for predict --threshold)",
+            ),
+            (concept_rows(metrics.get("retention", {})), retention_title(metrics)),
+        )
+        if header and rows
+    ]
 
 
 def _verification_line(metrics: dict[str, Any]) -> list[str]:
@@ -245,17 +199,7 @@ def render_gallery(
         index = coco.index_of_image(image_id)
         image = coco.load_image(index)
         instances = [i for i in coco.instances(index) if not i.iscrowd]
-        panels = [
-            (
-                "ground truth",
-                draw_predictions(
-                    image,
-                    [i.mask for i in instances if i.mask is not None],
-                    [i.box_xyxy for i in instances],
-                    [names[i.category_id] for i in instances],
-                ),
-            )
-        ]
+        panels = [ground_truth_panel(image, instances, names)]
         for name, run in runs.items():
             kept = [r for r in run.results if r["image_id"] == image_id and r["score"] >= threshold]
             kept.sort(key=lambda r: -r["score"])
@@ -281,38 +225,6 @@ def stack_sheets(sheets: list[Image.Image], gap: int = 6) -> Image.Image:
     return page
 
 
-def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines.extend("| " + " | ".join(row) + " |" for row in rows)
-    return "\n".join(lines)
-
-
-def _html_table(header: list[str], rows: list[list[str]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>" for row in rows
-    )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _describe_models(metrics: dict[str, Any]) -> list[str]:
-    return [
-        f"{name}: {block['source']} ({block['seconds']} s, {block['images_per_second']} img/s)"
-        for name, block in metrics["models"].items()
-    ]
-
-
-_STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
-table { border-collapse: collapse; margin: 1em 0; font-size: 14px; }
-th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: right; }
-th:first-child, td:first-child { text-align: left; }
-thead { background: #f0f0f0; }
-figure { margin: 1em 0; } figcaption { font-size: 13px; color: #555; }
-img { max-width: 100%; border: 1px solid #ddd; }
-"""
-
-
 def write_reports(
     metrics: dict[str, Any],
     gallery: list[GalleryItem],
@@ -322,12 +234,10 @@ def write_reports(
     """Write ``metrics.json``, ``report.md``, ``report.html`` and ``gallery.png`` (the worst
     images, ground truth and each model side by side; in the HTML also the images where the
     adapter lost most of the base's detections); returns their paths."""
-    from sam3_lora.evaluation.retention import concept_rows, retention_html, retention_title
+    from sam3_lora.evaluation.retention import concept_rows, retention_html
 
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    files = {"metrics.json": output_dir / "metrics.json"}
-    write_json(files["metrics.json"], _json_safe(metrics), indent=2)
+    files = {"metrics.json": write_metrics(metrics, output_dir)}
     if gallery:
         files[GALLERY_PNG] = output_dir / GALLERY_PNG
         stack_sheets([item.sheet for item in gallery[:GALLERY_PNG_ROWS]]).save(files[GALLERY_PNG])
@@ -336,112 +246,83 @@ def write_reports(
     plot = plot_threshold_sweep(metrics, output_dir / SWEEP_PLOT)
     if plot is not None:
         files[SWEEP_PLOT] = plot
-    best = [
+    best = _best_threshold_lines(metrics)
+    intro = _intro(metrics)
+    retention = concept_rows(metrics["retention"]) if "retention" in metrics else ([], [])
+    markdown = markdown_report(
+        intro,
+        overall,
+        categories,
+        HEADLINE,
+        sections=[*_sweep_markdown(best, sweep), *_retention_markdown(metrics, retention)],
+    )
+    page = html_report(
+        intro,
+        overall,
+        categories,
+        gallery,
+        HEADLINE,
+        before_gallery=_sweep_html(best, sweep, plot),
+        after_gallery=(
+            retention_html(metrics, retention, retention_gallery or []) if retention[1] else ""
+        ),
+    )
+    files.update(write_pages(output_dir, markdown, page))
+    return files
+
+
+def _intro(metrics: dict[str, Any]) -> list[str]:
+    return [
+        f"dataset: {metrics['dataset']} ({metrics.get('split', '')}), {metrics['num_images']} "
+        f"images, {metrics['num_categories']} categories, "
+        f"{metrics['negative_prompts_per_image']} negative prompts per image",
+        f"score threshold {metrics['score_threshold']}, mask threshold {metrics['mask_threshold']}",
+        *describe_models(metrics),
+        *_verification_line(metrics),
+    ]
+
+
+def _best_threshold_lines(metrics: dict[str, Any]) -> list[str]:
+    return [
         f"{name}: best cgF1 {block['best_threshold']['cgF1']:.3f} at score threshold "
         f"{block['best_threshold']['threshold']:g}"
         for name, block in metrics["models"].items()
         if block.get("best_threshold")
     ]
-    intro = [
-        f"dataset: {metrics['dataset']} ({metrics.get('split', '')}), {metrics['num_images']} "
-        f"images, {metrics['num_categories']} categories, "
-        f"{metrics['negative_prompts_per_image']} negative prompts per image",
-        f"score threshold {metrics['score_threshold']}, mask threshold {metrics['mask_threshold']}",
-        *_describe_models(metrics),
-        *_verification_line(metrics),
-    ]
-    retention = concept_rows(metrics["retention"]) if "retention" in metrics else ([], [])
-    markdown = [
-        "# Evaluation report",
+
+
+def _sweep_markdown(best: list[str], sweep: Rows) -> list[str]:
+    if not sweep[0]:
+        return []
+    return [
+        "## By score threshold",
         "",
-        *[f"- {line}" for line in intro],
+        *markdown_bullets(best),
         "",
-        "## Overall",
+        markdown_table(*sweep),
         "",
-        _markdown_table(*overall),
-        "",
-        "## Per category",
-        "",
-        _markdown_table(*categories),
-        "",
-        *(
-            [
-                "## By score threshold",
-                "",
-                *[f"- {line}" for line in best],
-                "",
-                _markdown_table(*sweep),
-                "",
-                f"![metrics by score threshold]({SWEEP_PLOT})",
-                "",
-            ]
-            if sweep[0]
-            else []
-        ),
-        *(
-            ["## Retention", "", retention_title(metrics), "", _markdown_table(*retention), ""]
-            if retention[1]
-            else []
-        ),
-        "Metric definitions:",
-        "",
-        *[f"- `{key}`: {text}" for key, text in HEADLINE.items()],
+        f"![metrics by score threshold]({SWEEP_PLOT})",
         "",
     ]
-    files["report.md"] = output_dir / "report.md"
-    files["report.md"].write_text("\n".join(markdown), encoding="utf-8")
-
-    figures = "".join(
-        f'<figure><img alt="{html.escape(item.title)}" src="{png_data_uri(item.sheet)}">'
-        f"<figcaption>{html.escape(item.title)}</figcaption></figure>"
-        for item in gallery
-    )
-    definitions = "".join(
-        f"<li><code>{html.escape(k)}</code>: {html.escape(v)}</li>" for k, v in HEADLINE.items()
-    )
-    page = (
-        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-        f"<title>sam3-lora evaluation</title><style>{_STYLE}</style></head><body>"
-        "<h1>Evaluation report</h1><ul>"
-        + "".join(f"<li>{html.escape(line)}</li>" for line in intro)
-        + "</ul><h2>Overall</h2>"
-        + _html_table(*overall)
-        + "<h2>Per category</h2>"
-        + _html_table(*categories)
-        + (_sweep_html(best, sweep, plot) if sweep[0] else "")
-        + "<h2>Worst images first</h2>"
-        + (figures or "<p>no images</p>")
-        + (retention_html(metrics, retention, retention_gallery or []) if retention[1] else "")
-        + f"<h2>Metrics</h2><ul>{definitions}</ul></body></html>"
-    )
-    files["report.html"] = output_dir / "report.html"
-    files["report.html"].write_text(page, encoding="utf-8")
-    return files
 
 
-def _sweep_html(
-    best: list[str], sweep: tuple[list[str], list[list[str]]], plot: Path | None
-) -> str:
+def _retention_markdown(metrics: dict[str, Any], retention: Rows) -> list[str]:
+    from sam3_lora.evaluation.retention import retention_title
+
+    if not retention[1]:
+        return []
+    return ["## Retention", "", retention_title(metrics), "", markdown_table(*retention), ""]
+
+
+def _sweep_html(best: list[str], sweep: Rows, plot: Path | None) -> str:
+    if not sweep[0]:
+        return ""
     image = ""
     if plot is not None:
         with Image.open(plot) as picture:
             uri = png_data_uri(picture)
         image = f'<figure><img alt="metrics by score threshold" src="{uri}"></figure>'
-    lines = "".join(f"<li>{html.escape(line)}</li>" for line in best)
-    return f"<h2>By score threshold</h2><ul>{lines}</ul>{_html_table(*sweep)}{image}"
-
-
-def _json_safe(value: Any) -> Any:
-    """NaN -> None, numpy scalars -> Python, int dict keys -> str (strict JSON)."""
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+    return f"<h2>By score threshold</h2>{html_bullets(best)}{html_table(*sweep)}{image}"
 
 
 __all__ = ["GalleryItem", "comparison_tables", "render_gallery", "write_reports"]

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from sam3_lora.config import Config
     from sam3_lora.data.coco import CocoDataset
     from sam3_lora.data.negative_cache import NegativeCheck
-    from sam3_lora.evaluation.report import GalleryItem
+    from sam3_lora.evaluation.report_page import GalleryItem
     from sam3_lora.evaluation.runner import ModelRun
     from sam3_lora.predict.inference import SAM3LoRAInference
 
@@ -206,7 +206,7 @@ def render_retention_gallery(
 ) -> list[GalleryItem]:
     """The images where the adapter lost most of the base's detections: base and adapter
     answers on the retention prompts, side by side."""
-    from sam3_lora.evaluation.report import GalleryItem
+    from sam3_lora.evaluation.report_page import GalleryItem
     from sam3_lora.evaluation.scored_files import decode_result
     from sam3_lora.predict.visualize import draw_predictions, side_by_side
 
@@ -259,18 +259,12 @@ def retention_html(
     """The HTML report's retention section: headline, per-concept table, lost images."""
     import html
 
-    from sam3_lora.evaluation.report import _html_table
-    from sam3_lora.predict.visualize import png_data_uri
+    from sam3_lora.evaluation.report_page import gallery_figures, html_table
 
-    figures = "".join(
-        f'<figure><img alt="{html.escape(item.title)}" src="{png_data_uri(item.sheet)}">'
-        f"<figcaption>{html.escape(item.title)}</figcaption></figure>"
-        for item in gallery
-    )
     return (
-        f"<h2>Retention</h2><p>{html.escape(retention_title(metrics))}</p>{_html_table(*table)}"
+        f"<h2>Retention</h2><p>{html.escape(retention_title(metrics))}</p>{html_table(*table)}"
         "<h3>Where the adapter lost most of what the base model found</h3>"
-        + (figures or "<p>the adapter lost nothing</p>")
+        + (gallery_figures(gallery) or "<p>the adapter lost nothing</p>")
     )
 
 
