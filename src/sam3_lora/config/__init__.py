@@ -11,7 +11,7 @@ key and (for typos) the closest valid key.
 The modules: :mod:`~sam3_lora.config.sections` (one model per section),
 :mod:`~sam3_lora.config.schema` (the root :class:`Config` and the family helpers) and
 :mod:`~sam3_lora.config.loading` (presets, files, overrides, error messages). Import from
-``sam3_lora.config``; every name is re-exported here.
+``sam3_lora.config``; every public name is re-exported here.
 """
 
 from __future__ import annotations
@@ -23,10 +23,6 @@ from sam3_lora.config.loading import (
     resolve_config_path,
     validate_config,
 )
-from sam3_lora.config.loading import _closest_key as _closest_key
-from sam3_lora.config.loading import _describe_errors as _describe_errors
-from sam3_lora.config.loading import _section_type as _section_type
-from sam3_lora.config.loading import _set_dotted as _set_dotted
 from sam3_lora.config.schema import (
     FAMILY_TASKS,
     PROMPTABLE_SEED,
@@ -50,7 +46,6 @@ from sam3_lora.config.sections import (
     SyntheticSettings,
     TrainingSettings,
 )
-from sam3_lora.config.sections import _Section as _Section
 
 __all__ = [
     "FAMILY_TASKS",
