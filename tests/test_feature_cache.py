@@ -29,41 +29,6 @@ def _recipe(shapes_dir: Path, tmp_path: Path, **extra: object):
     return build_concept_recipe(load_config(None, overrides), load_sam3("tiny-random"))
 
 
-def test_cache_gives_the_same_losses_and_runs_the_vision_encoder_once_per_image(
-    shapes_dir: Path, tmp_path: Path
-) -> None:
-    recipe = _recipe(shapes_dir, tmp_path)
-    task, dataset = recipe.task, recipe.train_dataset
-    cache = task.model.feature_cache
-    assert cache is not None
-    images_encoded = []
-    task.model.sam3.vision_encoder.register_forward_hook(
-        lambda _m, args, _o: images_encoded.append(len(args[0]))
-    )
-    for module in task.model.modules():  # the tiny SAM3's DETR dropout would differ per run
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
-    batches = [task.collate([dataset[i], dataset[i + 1]]) for i in range(0, len(dataset), 2)]
-    task.model.train()
-
-    def epoch_losses() -> list[float]:
-        losses = []
-        for batch in batches:
-            loss = task.loss(task.model(batch), batch)["loss"]
-            loss.backward()
-            losses.append(loss.item())
-        return losses
-
-    cached = [epoch_losses(), epoch_losses()]
-    assert sum(images_encoded) == len(dataset)
-    assert (cache.hits, cache.misses, len(cache)) == (len(dataset), len(dataset), len(dataset))
-    task.model.feature_cache = None
-    plain = epoch_losses()
-    assert sum(images_encoded) == 2 * len(dataset)
-    for losses in cached:
-        assert losses == pytest.approx(plain, rel=1e-5)
-
-
 def _epoch_losses(task, batches) -> list[float]:
     losses = []
     for batch in batches:
@@ -74,12 +39,36 @@ def _epoch_losses(task, batches) -> list[float]:
 
 
 def _prepared(recipe):
+    """The task in training mode without dropout (the tiny SAM3's DETR dropout would differ per
+    run) and its training set in batches of two."""
     task, dataset = recipe.task, recipe.train_dataset
     for module in task.model.modules():
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
     task.model.train()
     return task, [task.collate([dataset[i], dataset[i + 1]]) for i in range(0, len(dataset), 2)]
+
+
+def test_cache_gives_the_same_losses_and_runs_the_vision_encoder_once_per_image(
+    shapes_dir: Path, tmp_path: Path
+) -> None:
+    recipe = _recipe(shapes_dir, tmp_path)
+    task, batches = _prepared(recipe)
+    images = len(recipe.train_dataset)
+    cache = task.model.feature_cache
+    assert cache is not None
+    images_encoded = []
+    task.model.sam3.vision_encoder.register_forward_hook(
+        lambda _m, args, _o: images_encoded.append(len(args[0]))
+    )
+    cached = [_epoch_losses(task, batches), _epoch_losses(task, batches)]
+    assert sum(images_encoded) == images
+    assert (cache.hits, cache.misses, len(cache)) == (images, images, images)
+    task.model.feature_cache = None
+    plain = _epoch_losses(task, batches)
+    assert sum(images_encoded) == 2 * images
+    for losses in cached:
+        assert losses == pytest.approx(plain, rel=1e-5)
 
 
 def test_memory_budget_keeps_what_fits_and_says_so(
