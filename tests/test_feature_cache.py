@@ -162,3 +162,17 @@ def test_cache_refuses_changing_features(
 ) -> None:
     with pytest.raises(ConfigError, match=message):
         _recipe(shapes_dir, tmp_path, **extra)
+
+
+def test_a_training_run_reports_the_cache_in_its_summary(shapes_dir: Path, tmp_path: Path) -> None:
+    from sam3_lora.training import SAM3TrainerNative
+
+    images = len(_recipe(shapes_dir, tmp_path).train_dataset)
+    steps = images  # batch 2: two epochs
+    overrides = tiny_training_overrides(
+        shapes_dir, tmp_path / "run", **{**DECODER_ONLY, "training.max_steps": steps}
+    )
+    summary = SAM3TrainerNative(None, overrides).train()
+    note = summary["vision feature cache"]
+    assert note.startswith("memory, ") and f"{images} misses" in note, note
+    assert f"{steps * 2 - images} hits" in note, note

@@ -50,4 +50,8 @@ class Task(Protocol):
         process, to write instead of the (sharded) parameters."""
 
     def load_weights(self, folder: Path) -> None:
-        """Load what :meth:`save_weights` wrote, strictly."""
+        """Load what :meth:`save_weights` wrote, strictly.
+
+        Optional: ``summary_notes() -> dict[str, str]``, extra lines of the end-of-run summary
+        (e.g. a cache's hits).
+        """

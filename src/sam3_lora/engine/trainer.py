@@ -632,6 +632,9 @@ class Trainer:
             "final_dir": str(final_dir),
             "best_dir": str(best) if (best := self.layout.current_best()) else None,
         }
+        notes = getattr(self.task, "summary_notes", None)  # optional: what the task adds
+        if callable(notes):
+            summary.update(notes())
         self.summary_table = summary_table(summary)
         self.comparison_table = None
         if self.state.baseline and final_metrics:

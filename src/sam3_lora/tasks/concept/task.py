@@ -119,6 +119,17 @@ class ConceptTask:
     def summarize_validation(self, steps: list[dict[str, Tensor]]) -> dict[str, float]:
         return summarize_validation(steps)
 
+    def summary_notes(self) -> dict[str, str]:
+        """Lines for the end-of-run summary: the vision-feature cache, when there is one."""
+        cache = self.model.feature_cache
+        if cache is None:
+            return {}
+        return {
+            "vision feature cache": f"{cache.storage}, {cache.nbytes() / 2**20:.0f} MiB, "
+            f"{cache.hits} hits, {cache.misses} misses"
+            + (f", {cache.not_stored} not stored" if cache.not_stored else "")
+        }
+
     @property
     def find_unused_parameters(self) -> bool:
         """Whether a batch may leave trainable weights without gradients (full fine-tuning:
