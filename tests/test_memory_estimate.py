@@ -262,3 +262,29 @@ def test_bf16_frozen_weights_are_counted_as_training_stores_them() -> None:
     assert cast.weights < 0.7 * fp32.weights
     assert cast.weight_copies < 0.2 * fp32.weight_copies
     assert stored.estimate(MemorySettings(1, 2, "fp32")).weights == fp32.weights
+
+
+def test_the_feature_cache_size_per_image_is_what_the_cache_keeps(
+    capsys: pytest.CaptureFixture,
+) -> None:
+    from sam3_lora.memory.probe import Precision
+    from sam3_lora.tasks.concept.feature_cache import VisionFeatureCache
+
+    overrides = {"model.name_or_path": "tiny", "lora.apply_to_vision_encoder": False}
+    overrides["lora.target_modules"] = ["q_proj", "k_proj", "v_proj"]
+    config = load_config("balanced", overrides)
+    model, _ = memory_model(config, target="cpu")
+    predicted = model.probe.feature_cache_bytes_per_image(Precision(torch.bfloat16, "cpu"))
+    loaded = load_model("tiny", "sam3")
+    size = int(loaded.model.config.vision_config.image_size)
+    cache = VisionFeatureCache()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        cache.features([0], torch.zeros(1, 3, size, size), loaded.model.get_vision_features)
+    positions = sum(t.numel() * t.element_size() for t in cache._positions)
+    assert predicted == cache.nbytes() - positions > 0
+    argv = ["lora-info", "--config", "balanced", "--memory", "--model", "tiny"]
+    argv += ["--set", "training.cache_vision_features=true", "--set", "data.augment=false"]
+    argv += ["--set", "lora.apply_to_vision_encoder=false"]
+    argv += ["--set", "lora.target_modules=[q_proj,k_proj,v_proj]"]
+    assert main(argv) == 0
+    assert "MiB per training image in host memory" in capsys.readouterr().out

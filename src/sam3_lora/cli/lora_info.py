@@ -143,6 +143,14 @@ def run_memory(args: argparse.Namespace) -> int:
     if not model.probe.checkpointing_supported:
         console.print("this task has no gradient checkpointing: one column")
     current = model.estimate(settings)
+    cache_bytes = getattr(model.probe, "feature_cache_bytes_per_image", None)
+    if config.training.cache_vision_features and cache_bytes is not None:
+        per_image = cache_bytes(model.precision(settings.precision))
+        console.print(
+            f"vision-feature cache: {per_image / 2**20:.0f} MiB per training image in host "
+            f"memory ({per_image * 1000 / 2**30:.0f} GiB per 1,000 images), not GPU memory; "
+            "training.feature_cache_storage: disk keeps it on disk"
+        )
     if budget is None:
         console.print(
             f"predicted peak {gib(current.total)} ({settings.describe()}); add --gpu_memory "

@@ -217,10 +217,14 @@ class MemoryModel:
             self._static[key] = static_bytes(self.probe.network, qlora, frozen)
         return self._static[key]
 
+    def precision(self, precision: str) -> Precision:
+        """How the probe runs a step in ``precision`` (``bf16``, ``fp16``, ``fp32``) here."""
+        return Precision(PRECISIONS[precision], self.target)
+
     def fit(self, precision: str, checkpointing: bool) -> ActivationFit:
         key = (precision, checkpointing)
         if key not in self._fits:
-            step = Precision(PRECISIONS[precision], self.target)
+            step = self.precision(precision)
             self._fits[key] = fit_activations(self.probe, step, checkpointing)
         return self._fits[key]
 

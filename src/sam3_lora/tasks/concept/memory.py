@@ -140,6 +140,12 @@ class ConceptMemoryProbe:
             self._vision_counts[key] = (counter.count(), template)
         return self._vision_counts[key]
 
+    def feature_cache_bytes_per_image(self, precision: Precision) -> int:
+        """What ``training.cache_vision_features`` keeps per training image (its FPN levels as
+        the vision encoder returns them at ``precision``), in host memory or on disk."""
+        levels = self._vision(precision, False)[1][0]
+        return sum(level[0].numel() * level.element_size() for level in levels)
+
     def _store_frozen_weights(self, precision: Precision) -> None:
         """Frozen linear / conv weights in the dtype training stores them in at ``precision``."""
         dtype = precision.dtype if self.frozen_in_compute_dtype else None
