@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -61,3 +63,28 @@ def tiny_training_overrides(shapes_dir: Path, output_dir: Path, **extra: object)
     }
     overrides.update(extra)
     return overrides
+
+
+class KilledRun(Exception):
+    """Raised where a killed training run would have stopped."""
+
+
+@contextmanager
+def killed_after_checkpoint(monkeypatch: pytest.MonkeyPatch, step: int) -> Iterator[None]:
+    """Inside: a training run dies (:class:`KilledRun`) right after writing its checkpoint
+    of ``step``, as a run killed between two steps would."""
+    from sam3_lora.engine.trainer import Trainer
+
+    original = Trainer.save_checkpoint
+
+    def save_then_die(self: Trainer) -> Path:
+        folder = original(self)
+        if self.state.global_step == step:
+            raise KilledRun
+        return folder
+
+    monkeypatch.setattr(Trainer, "save_checkpoint", save_then_die)
+    try:
+        yield
+    finally:
+        monkeypatch.setattr(Trainer, "save_checkpoint", original)

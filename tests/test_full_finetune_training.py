@@ -14,7 +14,7 @@ from sam3_lora.engine.trainer import Trainer
 from sam3_lora.errors import CheckpointError
 from sam3_lora.models import load_sam3
 from sam3_lora.training import SAM3TrainerNative
-from tests.conftest import tiny_training_overrides
+from tests.conftest import KilledRun, killed_after_checkpoint, tiny_training_overrides
 
 WEIGHTS = "model.safetensors"
 FULL = {"finetune.mode": "full", "training.eval_steps": 100}
@@ -63,21 +63,8 @@ def test_full_resume_matches_uninterrupted_run(
     }
     _trainer(shapes_dir, tmp_path / "straight", **settings).train()
 
-    class Killed(Exception):
-        pass
-
-    original = Trainer.save_checkpoint
-
-    def save_then_die(self: Trainer) -> Path:
-        folder = original(self)
-        if self.state.global_step == 3:
-            raise Killed
-        return folder
-
-    monkeypatch.setattr(Trainer, "save_checkpoint", save_then_die)
-    with pytest.raises(Killed):
+    with killed_after_checkpoint(monkeypatch, 3), pytest.raises(KilledRun):
         _trainer(shapes_dir, tmp_path / "resumed", **settings).train()
-    monkeypatch.setattr(Trainer, "save_checkpoint", original)
     assert _trainer(shapes_dir, tmp_path / "resumed", **settings).train(resume=True)["steps"] == 6
 
     straight = load_file(tmp_path / "straight" / "final" / WEIGHTS)

@@ -9,10 +9,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from sam3_lora.engine.checkpoint import atomic_directory_write, step_checkpoints
-from sam3_lora.engine.trainer import Trainer, TrainingError
+from sam3_lora.engine.trainer import TrainingError
 from sam3_lora.errors import CheckpointError
 from sam3_lora.training import SAM3TrainerNative
-from tests.conftest import tiny_training_overrides
+from tests.conftest import KilledRun, killed_after_checkpoint, tiny_training_overrides
 
 ADAPTER = "adapter_model.safetensors"
 
@@ -64,21 +64,8 @@ def test_resume_matches_uninterrupted_run(
     }
     _trainer(shapes_dir, tmp_path / "straight", **settings).train()
 
-    class Killed(Exception):
-        pass
-
-    original = Trainer.save_checkpoint
-
-    def save_then_die(self: Trainer) -> Path:
-        folder = original(self)
-        if self.state.global_step == 5:
-            raise Killed
-        return folder
-
-    monkeypatch.setattr(Trainer, "save_checkpoint", save_then_die)
-    with pytest.raises(Killed):
+    with killed_after_checkpoint(monkeypatch, 5), pytest.raises(KilledRun):
         _trainer(shapes_dir, tmp_path / "resumed", **settings).train()
-    monkeypatch.setattr(Trainer, "save_checkpoint", original)
     summary = _trainer(shapes_dir, tmp_path / "resumed", **settings).train(resume=True)
     assert summary["steps"] == 10
 
