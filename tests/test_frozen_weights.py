@@ -18,6 +18,7 @@ from sam3_lora.frozen_weights import (
     AUTOCAST_MODULES,
     cast_frozen_weights,
     frozen_weights_dtype,
+    original_weights,
 )
 from sam3_lora.lora import apply_lora_to_model, save_lora_weights
 from sam3_lora.models import load_sam3
@@ -225,6 +226,15 @@ def test_the_sam2_recipe_stores_frozen_weights_in_bf16(shapes_dir: Path) -> None
         torch.float32,
     }
     assert all(p.dtype == torch.float32 for p in network.parameters() if p.requires_grad)
+    # The sam2_lora layout (auto) writes merged models: the fp32 originals are kept on the CPU;
+    # the standard layout writes none, so it keeps no copy.
+    kept = original_weights(network)
+    assert kept and all(t.dtype == torch.float32 and t.device.type == "cpu" for t in kept.values())
+    standard = build_promptable_recipe(
+        load_config("sam2_lora", {**overrides, "output.layout": "standard"}),
+        load_model("tiny-random", "sam2"),
+    )
+    assert not original_weights(standard.task.network)
 
 
 def test_a_merge_during_training_folds_the_adapter_into_the_float_base() -> None:

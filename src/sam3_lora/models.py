@@ -59,24 +59,7 @@ def load_model(
     name_or_path = name_or_path or spec.default_model
     if quantization == "4bit":
         return load_4bit_model(name_or_path, spec)
-    source: Any = name_or_path
-    model = processor = None
-    if name_or_path in spec.aliases:
-        built, processor = spec.build_alias(name_or_path)
-        if isinstance(built, Path):
-            if not (built / "config.json").is_file():
-                raise ModelLoadError(
-                    f"`{name_or_path}` is not installed in {built}; rebuild it with the script in "
-                    "scripts/ or use another --model"
-                )
-            source = str(built)
-        else:
-            model = built
-    else:
-        _check_alias_family(name_or_path, spec)
-        source = _resolve_source(name_or_path)
-    if Path(source).is_dir():
-        _check_folder_family(Path(source), spec)
+    source, model, processor = _locate(name_or_path, spec)
     if model is None:
         model = _from_pretrained(spec.model_class, source, spec, dtype=dtype)
         processor = _from_pretrained(spec.processor_class, source, spec)
@@ -103,25 +86,16 @@ def load_4bit_model(name_or_path: str, spec: TaskSpec) -> LoadedModel:
     device = quantized_device()
     config = bnb_4bit_config(spec, device)
     with tempfile.TemporaryDirectory(prefix="sam3-lora-4bit-") as scratch:
-        source, processor = name_or_path, None
-        if name_or_path in spec.aliases:
-            built, processor = spec.build_alias(name_or_path)
-            if isinstance(built, Path):
-                source = str(built)
-            elif built.device.type == "meta":
-                raise ModelLoadError(
-                    f"model.quantization 4bit: `{name_or_path}` is built on the meta device, "
-                    "without weights to quantise; use a hub id or a model folder (or "
-                    "model.quantization: none)"
-                )
-            else:
-                built.save_pretrained(scratch, safe_serialization=True)
-                source = scratch
-        else:
-            _check_alias_family(name_or_path, spec)
-            source = _resolve_source(name_or_path)
-        if Path(source).is_dir():
-            _check_folder_family(Path(source), spec)
+        source, built, processor = _locate(name_or_path, spec)
+        if built is not None and built.device.type == "meta":
+            raise ModelLoadError(
+                f"model.quantization 4bit: `{name_or_path}` is built on the meta device, "
+                "without weights to quantise; use a hub id or a model folder (or "
+                "model.quantization: none)"
+            )
+        if built is not None:
+            built.save_pretrained(scratch, safe_serialization=True)
+            source = scratch
         model = _from_pretrained(
             spec.model_class,
             source,
@@ -139,6 +113,29 @@ def load_4bit_model(name_or_path: str, spec: TaskSpec) -> LoadedModel:
     model.name_or_path = model.config.name_or_path = name_or_path
     logger.info("%s loaded in 4 bits on %s", name_or_path, device)
     return LoadedModel(model=model, processor=processor, source=shown, spec=spec)
+
+
+def _locate(name_or_path: str, spec: TaskSpec) -> tuple[str, Any, Any]:
+    """Where ``name_or_path``'s weights come from, its family checked: ``(source, model,
+    processor)``; ``model`` is set when an alias builds one in memory (``source`` is then the
+    alias), else None and ``source`` is a folder or hub id; ``processor``: an alias's."""
+    processor = None
+    if name_or_path in spec.aliases:
+        built, processor = spec.build_alias(name_or_path)
+        if not isinstance(built, Path):
+            return name_or_path, built, processor
+        if not (built / "config.json").is_file():
+            raise ModelLoadError(
+                f"`{name_or_path}` is not installed in {built}; rebuild it with the script in "
+                "scripts/ or use another --model"
+            )
+        source = str(built)
+    else:
+        _check_alias_family(name_or_path, spec)
+        source = _resolve_source(name_or_path)
+    if Path(source).is_dir():
+        _check_folder_family(Path(source), spec)
+    return source, None, processor
 
 
 def load_sam3(

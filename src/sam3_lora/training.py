@@ -41,9 +41,7 @@ def layout_plan(config: Config) -> LayoutPlan:
     from sam3_lora.tasks import get_spec
 
     spec = get_spec(config.model.family)
-    kind = config.output.layout
-    if kind == "auto":
-        kind = spec.default_layout if config.finetune.mode == "lora" else "standard"
+    kind = spec.output_layout(config)
     if kind == "standard":
         return LayoutPlan()
     name = config.model.name_or_path

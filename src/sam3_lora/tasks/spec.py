@@ -83,6 +83,14 @@ class TaskSpec:
     best_metrics: tuple[tuple[str, str], ...] = ()
     float_modules: tuple[str, ...] = ()
 
+    def output_layout(self, config: Any) -> str:
+        """The output layout a training run of ``config`` writes: ``output.layout``, or for
+        ``auto`` :attr:`default_layout` in LoRA mode and ``standard`` in full mode."""
+        kind = config.output.layout
+        if kind != "auto":
+            return kind
+        return self.default_layout if config.finetune.mode == "lora" else "standard"
+
     def component_of(self, name: str) -> str:
         """The component flag that covers a module or parameter name (its top-level module
         when no flag does); the task module's ``network.`` and PEFT's ``base_model.model.``

@@ -117,7 +117,8 @@ def build_promptable_recipe(config: Config, loaded: LoadedModel) -> TaskRecipe:
     task = build_promptable_task(config, loaded)
     # The sam2_lora layout saves merged models while training: they fold the adapter into the
     # float base, so the float weights are kept on the CPU beside their bf16 copies.
-    store_frozen_weights_for_training(task.network, config, keep_originals=True)
+    merges = loaded.spec.output_layout(config) == "sam2_lora"
+    store_frozen_weights_for_training(task.network, config, keep_originals=merges)
     train, valid = build_promptable_datasets(config, image_input)
     description = (
         f"{describe_mode(config)}; {len(train)} training images, "
